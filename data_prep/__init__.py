@@ -1,0 +1,1 @@
+"""Dataset importers, validation, datalists and synthetic phantoms for medmtl."""

@@ -1,0 +1,695 @@
+"""Whole-volume inference: both outputs from one sliding-window pass, written in the scan's own grid.
+
+The bundle's ``configs/inference.json`` is the one description of the pipeline (preprocessing,
+network, inferer, postprocessing, writer); ``medmtl infer`` and :func:`load_model` run that config,
+so the CLI, the Python API and ``python -m monai.bundle run --config_file configs/inference.json``
+give the same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.inferers import SlidingWindowInferer
+from monai.transforms import MapTransform
+
+from medmtl.contrasts import CONTRASTS, canonical
+from medmtl.io import atomic_path
+from medmtl.labels import OUTPUT_CONVENTIONS, REGIONS, regions_to_label
+
+#: Where the shipped bundle lives in a source checkout.
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "brats_mtl"
+INTENSITY_SPACE = "zscore_nonzero"
+
+
+class SplitPredictiond(MapTransform):
+    """Move the network's dict output ``pred = {"seg", "synth"}`` to top-level keys for inversion.
+
+    Args:
+        keys: the prediction key (``pred``).
+        allow_missing_keys: don't raise for absent keys.
+    """
+
+    def __init__(self, keys: KeysCollection = "pred", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            pred = d.pop(key)
+            if not isinstance(pred, Mapping):
+                raise TypeError(
+                    f"expected a dict prediction with 'seg' and 'synth', got {type(pred).__name__}"
+                )
+            for name, value in pred.items():
+                d[name] = value
+        return d
+
+
+class FlipTTAInferer(SlidingWindowInferer):
+    """Sliding-window inference averaged over the identity and flips along each spatial axis.
+
+    Flip test-time augmentation is the usual cheap gain in BraTS (e.g. Isensee et al., nnU-Net,
+    Nat. Methods 2021); each flip costs one more full pass.
+
+    Args:
+        flip_axes: spatial axes to flip (0-based, not counting batch and channel).
+        kwargs: passed to :class:`monai.inferers.SlidingWindowInferer`.
+    """
+
+    def __init__(self, flip_axes: Sequence[int] = (0, 1, 2), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.flip_axes = list(flip_axes)
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
+        total = super().__call__(inputs, network, *args, **kwargs)
+        for axis in self.flip_axes:
+            dims = [axis + 2]
+            out = super().__call__(torch.flip(inputs, dims), network, *args, **kwargs)
+            total = {k: total[k] + torch.flip(out[k], dims) for k in total}
+        n = 1 + len(self.flip_axes)
+        return {k: v / n for k, v in total.items()}
+
+
+def output_paths(out_dir: str | os.PathLike, case_id: str, targets: Sequence[str]) -> dict[str, Path]:
+    """The files inference writes for one case.
+
+    Args:
+        out_dir: output folder.
+        case_id: case identifier.
+        targets: synthesised contrasts.
+
+    Returns:
+        ``{"seg": ..., "<contrast>": ..., "sidecar": ...}``; the sidecar is written last and marks a
+        finished case.
+    """
+    out = Path(out_dir)
+    paths = {"seg": out / f"{case_id}_seg.nii.gz"}
+    for c in targets:
+        paths[c] = out / f"{case_id}_{canonical(c)}_synth.nii.gz"
+    paths["sidecar"] = out / f"{case_id}.json"
+    return paths
+
+
+def is_done(out_dir: str | os.PathLike, case_id: str, targets: Sequence[str]) -> bool:
+    """Whether every output of a case exists (a killed cohort run resumes after these)."""
+    return all(p.exists() for p in output_paths(out_dir, case_id, targets).values())
+
+
+def pending_cases(
+    entries: Sequence[dict], out_dir: str | os.PathLike, targets: Sequence[str], overwrite: bool = False
+) -> list[dict]:
+    """Datalist entries whose outputs are not all there yet (all of them when ``overwrite``).
+
+    Args:
+        entries: datalist entries with ``case_id``.
+        out_dir: output folder.
+        targets: synthesised contrasts.
+        overwrite: redo finished cases.
+
+    Returns:
+        The entries still to run.
+    """
+    if overwrite:
+        return list(entries)
+    return [e for e in entries if not is_done(out_dir, str(e["case_id"]), targets)]
+
+
+def shard(entries: Sequence[dict]) -> list[dict]:
+    """This rank's share of the cases under ``torchrun`` (all of them in a single process).
+
+    Uses MONAI's ``partition_dataset``: contiguous, non-overlapping shards, one per rank.
+
+    Args:
+        entries: all cases.
+
+    Returns:
+        The cases this process handles.
+    """
+    from monai.data import partition_dataset
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world <= 1 or not entries:
+        return list(entries)
+    parts = partition_dataset(list(entries), num_partitions=world, shuffle=False, even_divisible=False)
+    return parts[rank] if rank < len(parts) else []
+
+
+def _source_reference(d: Mapping[Hashable, Any]) -> str:
+    meta = getattr(d.get("image"), "meta", {}) or {}
+    src = meta.get("filename_or_obj")
+    if isinstance(src, (list, tuple)):
+        src = src[0]
+    if not src:
+        raise ValueError("cannot find the source scan of this case (image meta has no filename)")
+    return str(src)
+
+
+class WriteCaseOutputsd(MapTransform):
+    """Write one case's outputs in the source scan's grid: label map, synthesised contrasts, sidecar.
+
+    Every file of a case goes to a temporary name first; the files are renamed into place only when
+    all were written, sidecar last, so a case is complete or absent.
+
+    Args:
+        out_dir: output folder.
+        targets: names of the synthesised contrasts, in the order of the ``synth`` channels.
+        inputs: the model's input contrasts (recorded in the sidecar with which were real).
+        default_convention: label convention for cases whose datalist declares none.
+        output_convention: force this convention (``brats2021``/``brats2023``) instead of the input's.
+        write_probabilities: also write ``<case>_prob.nii.gz`` (TC, WT, ET probabilities, float32).
+        write_regions: write the seg as region masks (TC, WT, ET as a 4D uint8) instead of a label map.
+        overwrite: replace existing outputs.
+        model_info: extra fields for the sidecar (model name, version, ...).
+        threshold: probability threshold for the regions.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        targets: Sequence[str] = ("t1c",),
+        inputs: Sequence[str] = ("t1n", "t2w", "t2f"),
+        default_convention: str = "brats2023",
+        output_convention: str | None = None,
+        write_probabilities: bool = False,
+        write_regions: bool = False,
+        overwrite: bool = False,
+        model_info: Mapping[str, Any] | None = None,
+        threshold: float = 0.5,
+    ) -> None:
+        super().__init__(keys=["seg"], allow_missing_keys=True)
+        self.out_dir = Path(out_dir)
+        self.targets = [canonical(t) for t in targets]
+        self.inputs = [canonical(c) for c in inputs]
+        self.default_convention = default_convention
+        self.output_convention = output_convention
+        self.write_probabilities, self.write_regions = write_probabilities, write_regions
+        self.overwrite, self.threshold = overwrite, threshold
+        self.model_info = dict(model_info or {})
+
+    def _case_id(self, d: Mapping[Hashable, Any], source: str) -> str:
+        if d.get("case_id"):
+            return str(d["case_id"])
+        name = Path(source).name
+        for ext in (".nii.gz", ".nii"):
+            name = name.removesuffix(ext)
+        return name.rsplit("_", 1)[0] if "_" in name else name.rsplit("-", 1)[0]
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        source = _source_reference(d)
+        ref = nib.load(source)
+        case_id = self._case_id(d, source)
+        paths = output_paths(self.out_dir, case_id, self.targets if "synth" in d else [])
+        if not self.overwrite:
+            existing = [str(p) for p in paths.values() if p.exists()]
+            if existing:
+                raise FileExistsError(
+                    f"outputs exist for case {case_id}: {existing}; use overwrite to replace"
+                )
+        conv = self.output_convention or d.get("convention") or self.default_convention
+        conv = conv if conv in OUTPUT_CONVENTIONS else "brats2023"
+        shape = tuple(ref.shape[:3])
+        brain = d.get("brain_mask")
+        brain_np = None if brain is None else (np.asarray(brain.detach().cpu())[0] > 0.5)
+
+        arrays: dict[str, tuple[np.ndarray, Any]] = {}
+        prob = np.asarray(d["seg"].detach().cpu(), dtype=np.float32)
+        if prob.shape[1:] != shape:
+            raise ValueError(
+                f"case {case_id}: prediction grid {prob.shape[1:]} != source {source} grid {shape}"
+            )
+        regions = (prob > self.threshold).astype(np.uint8)
+        if brain_np is not None:
+            regions &= brain_np[None].astype(np.uint8)
+        if self.write_regions:
+            arrays["seg"] = (np.moveaxis(regions, 0, -1), np.uint8)
+        else:
+            arrays["seg"] = (regions_to_label(regions, conv)[0], np.uint8)
+        if "synth" in d:
+            synth = np.asarray(d["synth"].detach().cpu(), dtype=np.float32)
+            for i, c in enumerate(self.targets):
+                img = synth[i] * brain_np if brain_np is not None else synth[i]
+                arrays[c] = (img.astype(np.float32), np.float32)
+        if self.write_probabilities:
+            paths["prob"] = self.out_dir / f"{case_id}_prob.nii.gz"
+            arrays["prob"] = (np.moveaxis(prob, 0, -1), np.float32)
+
+        sidecar = {
+            "case_id": case_id,
+            "source": source,
+            "label_convention": conv,
+            "seg_format": "regions TC,WT,ET (4D)" if self.write_regions else "BraTS label map",
+            "regions": list(REGIONS),
+            "contrasts_used": [
+                c for c, a in zip(self.inputs, _as_list(d.get("channel_mask"), len(self.inputs))) if a
+            ],
+            "contrasts_missing": [
+                c for c, a in zip(self.inputs, _as_list(d.get("channel_mask"), len(self.inputs))) if not a
+            ],
+            "synthesised": self.targets if "synth" in d else [],
+            "intensity_space": INTENSITY_SPACE,
+            "intensity_note": "synthesised images: z-scores over the brain's non-zero voxels; 0 outside",
+            "shape": list(shape),
+            "affine": np.asarray(ref.affine).round(6).tolist(),
+            **self.model_info,
+        }
+        self._write_case(paths, arrays, ref, sidecar)
+        d["written"] = {k: str(v) for k, v in paths.items()}
+        return d
+
+    def _write_case(self, paths: dict[str, Path], arrays: dict, ref: Any, sidecar: dict) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.out_dir, os.W_OK):
+            raise PermissionError(f"output folder {self.out_dir} is not writable")
+        tmps: list[tuple[Path, Path]] = []
+        try:
+            for name, (arr, dtype) in arrays.items():
+                final = paths[name]
+                fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".nii.gz", dir=self.out_dir)
+                os.close(fd)
+                img = nib.Nifti1Image(arr.astype(dtype), ref.affine)
+                img.header.set_qform(ref.affine, code=int(ref.header["qform_code"]) or 1)
+                img.header.set_sform(ref.affine, code=int(ref.header["sform_code"]) or 1)
+                img.header.set_xyzt_units(*ref.header.get_xyzt_units())
+                if name not in ("seg", "prob"):
+                    img.header["descrip"] = f"medmtl synth {name} {INTENSITY_SPACE}".encode()[:79]
+                nib.save(img, tmp)
+                os.chmod(tmp, 0o666 & ~_umask())
+                tmps.append((Path(tmp), final))
+            with atomic_path(paths["sidecar"], overwrite=True) as tmp_json:
+                tmp_json.write_text(json.dumps(sidecar, indent=2) + "\n")
+                for tmp, final in tmps:
+                    os.replace(tmp, final)
+        finally:
+            for tmp, _ in tmps:
+                if tmp.exists():
+                    tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _as_list(x: Any, n: int) -> list[float]:
+    if x is None:
+        return [1.0] * n
+    return [float(v) for v in torch.as_tensor(x).flatten()]
+
+
+def read_model_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read the network/task description saved beside trained weights (``model_config.json``).
+
+    Training writes it (see :func:`medmtl.training.write_model_config`) so that inference builds
+    exactly the network, inputs and spacing the weights were trained with.
+
+    Args:
+        path: the JSON file.
+
+    Returns:
+        The configuration dict.
+
+    Raises:
+        FileNotFoundError: when the bundle holds no trained model.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"{p} not found: this bundle has no trained model yet (train it first, see the bundle README)"
+        )
+    cfg = json.loads(p.read_text())
+    missing = [
+        k for k in ("input_contrasts", "target_contrasts", "spacing", "network_preset") if k not in cfg
+    ]
+    if missing:
+        raise ValueError(f"{p}: missing fields {missing}")
+    cfg.setdefault("network_kwargs", {})
+    cfg.setdefault("input_mask", False)
+    cfg.setdefault("val_roi_size", cfg.get("roi_size", [128, 128, 128]))
+    return cfg
+
+
+def model_info(bundle_root: str | os.PathLike, model_path: str | os.PathLike) -> dict[str, Any]:
+    """Provenance for output sidecars: bundle name and version, weights file, library versions."""
+    import monai
+
+    import medmtl
+
+    meta_path = Path(bundle_root) / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    return {
+        "model": meta.get("name", "medmtl"),
+        "model_version": meta.get("version"),
+        "weights": Path(model_path).name,
+        "medmtl_version": medmtl.__version__,
+        "monai_version": monai.__version__,
+        "torch_version": torch.__version__,
+    }
+
+
+def datalist_cases(
+    datalist: str | os.PathLike | None, dataset_dir: str | os.PathLike | None, section: str = "all"
+) -> list[dict]:
+    """Cases of a medmtl datalist for inference: ``training``, ``testing`` or ``all`` of them.
+
+    Args:
+        datalist: the datalist JSON.
+        dataset_dir: root its paths are relative to (the datalist's own record when None).
+        section: which section(s).
+
+    Returns:
+        Entries with absolute paths.
+    """
+    from medmtl.datalist import load_datalist
+
+    if not datalist:
+        raise ValueError("no cases: give case folders or a datalist")
+    sections = ["training", "testing"] if section == "all" else [section]
+    raw = json.loads(Path(datalist).read_text())
+    out: list[dict] = []
+    for sec in sections:
+        if raw.get(sec):
+            out += load_datalist(datalist, dataset_dir, section=sec)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Case inputs
+
+
+def case_entry(case: str | os.PathLike | Mapping[str, Any], case_id: str | None = None) -> dict[str, Any]:
+    """Turn what a user hands in into a validated, datalist-style entry with absolute paths.
+
+    The case is checked as ``medmtl prepare`` checks it (readable files, 3D, one grid, finite values),
+    with missing contrasts allowed: the model is told which inputs are absent.
+
+    Args:
+        case: a case folder in any supported layout, or a mapping ``{contrast: path}`` with any
+            contrast spelling (a subset of contrasts is allowed).
+        case_id: identifier; derived from the folder name or first file when omitted.
+
+    Returns:
+        ``{"case_id", "image": [paths], "contrasts": [names], "label_convention", ...}``.
+
+    Raises:
+        FileNotFoundError: for a missing folder or file.
+        ValueError: when nothing usable is found, naming the file and the problem.
+    """
+    from data_prep.datalist import case_entry as datalist_entry
+    from data_prep.layouts import Case, discover
+    from data_prep.validate import validate_case
+
+    if isinstance(case, Mapping):
+        images = {}
+        for key, path in case.items():
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"{key} file {path} does not exist")
+            images[canonical(key)] = str(Path(path).resolve())
+        if not images:
+            raise ValueError(f"no contrast files given in {dict(case)}")
+        first = next(iter(images.values()))
+        cid = case_id or _stem_id(first)
+        found = Case(
+            case_id=cid, patient_id=cid, dataset="files", layout="files", root=Path("/"), images=images
+        )
+        root = Path("/")
+    else:
+        folder = Path(case)
+        if not folder.exists():
+            raise FileNotFoundError(f"case folder {folder} does not exist")
+        cases = discover(folder).cases
+        if not cases:
+            raise ValueError(
+                f"{folder}: no case in a known layout (BraTS 2018-21 _t1/_t1ce/_t2/_flair, BraTS 2023 "
+                "-t1n/-t1c/-t2w/-t2f, UPENN-GBM _T1/_T1GD/_T2/_FLAIR, MSD imagesTr)"
+            )
+        if len(cases) > 1:
+            raise ValueError(f"{folder} holds {len(cases)} cases; give one case folder or a datalist")
+        found, root = cases[0], Path(cases[0].root)
+    report = validate_case(found, allow_missing=True)
+    if not report.ok:
+        raise ValueError(f"case {found.case_id}: {report.reason()}")
+    entry = datalist_entry(found, report)
+    entry.pop("missing", None)
+    absolute = lambda p: str((root / p).resolve())  # noqa: E731
+    entry["image"] = (
+        [absolute(p) for p in entry["image"]]
+        if isinstance(entry["image"], list)
+        else absolute(entry["image"])
+    )
+    for key in ("label", *CONTRASTS):
+        if entry.get(key):
+            entry[key] = absolute(entry[key])
+    if case_id:
+        entry["case_id"] = case_id
+    return entry
+
+
+def _stem_id(path: str) -> str:
+    name = Path(path).name
+    for ext in (".nii.gz", ".nii"):
+        name = name.removesuffix(ext)
+    for sep in ("_", "-"):
+        if sep in name:
+            return name.rsplit(sep, 1)[0]
+    return name
+
+
+# ----------------------------------------------------------------------------------------------
+# Python API
+
+
+@dataclass
+class Prediction:
+    """Outputs for one case, in the source scan's grid.
+
+    Attributes:
+        case_id: case identifier.
+        seg: label map (uint8) in ``convention``.
+        probabilities: region probabilities (3, H, W, D), channel order TC, WT, ET.
+        synth: synthesised contrasts by canonical name (float32, nonzero z-score space).
+        affine: the source scan's voxel-to-world matrix.
+        convention: label convention of ``seg``.
+    """
+
+    case_id: str
+    seg: np.ndarray
+    probabilities: np.ndarray
+    synth: dict[str, np.ndarray] = field(default_factory=dict)
+    affine: np.ndarray = field(default_factory=lambda: np.eye(4))
+    convention: str = "brats2023"
+
+
+class MultiTaskModel:
+    """A trained bundle ready to predict, built from its ``configs/inference.json``.
+
+    Args:
+        bundle_dir: the bundle folder.
+        device: torch device; CUDA when available by default.
+        overrides: config overrides (e.g. ``{"sw_batch_size": 2, "tta": True}``).
+    """
+
+    def __init__(
+        self, bundle_dir: str | os.PathLike = DEFAULT_BUNDLE, device: str | None = None, **overrides
+    ):
+        from monai.bundle import ConfigParser
+
+        self.bundle_dir = Path(bundle_dir).resolve()
+        cfg = self.bundle_dir / "configs" / "inference.json"
+        if not cfg.is_file():
+            raise FileNotFoundError(f"{cfg} not found: {self.bundle_dir} is not a medmtl bundle")
+        parser = ConfigParser()
+        parser.read_config(str(cfg))
+        parser.read_meta(str(self.bundle_dir / "configs" / "metadata.json"))
+        parser["bundle_root"] = str(self.bundle_dir)
+        if device is not None:
+            parser["device"] = f"$torch.device('{device}')"
+        for k, v in overrides.items():
+            parser[k] = v
+        self.parser = parser
+        self.network = parser.get_parsed_content("network")
+        self.inferer = parser.get_parsed_content("inferer")
+        self.preprocessing = parser.get_parsed_content("preprocessing")
+        self.postprocessing = parser.get_parsed_content("postprocessing")
+        self.device = parser.get_parsed_content("device")
+        self.targets = list(parser.get_parsed_content("target_contrasts"))
+        self.use_mask = bool(parser.get_parsed_content("input_mask"))
+        parser.get_parsed_content("load_weights")
+        self.network.eval()
+
+    def predict(
+        self,
+        case: str | os.PathLike | Mapping[str, Any],
+        affine: np.ndarray | None = None,
+        convention: str = "brats2023",
+    ) -> Prediction:
+        """Segment and synthesise one case without writing files.
+
+        Args:
+            case: a case folder, a mapping ``{contrast: path}``, or ``{contrast: array}`` (3D arrays
+                on one grid; then ``affine`` gives that grid, identity when omitted).
+            affine: voxel-to-world matrix for array input.
+            convention: label convention of the returned map (``brats2021`` or ``brats2023``).
+
+        Returns:
+            A :class:`Prediction` in the input's grid.
+        """
+        with tempfile.TemporaryDirectory(prefix="medmtl_") as tmp:
+            if isinstance(case, Mapping) and any(isinstance(v, np.ndarray) for v in case.values()):
+                case = _arrays_to_files(case, affine, Path(tmp))
+            entry = case_entry(case)
+            entry["label_convention"] = convention
+            entry.pop("label", None)
+            data = self.preprocessing(entry)
+            batch = {
+                k: (v.unsqueeze(0).to(self.device) if isinstance(v, torch.Tensor) else v)
+                for k, v in data.items()
+            }
+            kwargs = {"channel_mask": batch["channel_mask"]} if self.use_mask else {}
+            with torch.inference_mode():
+                pred = self.inferer(batch["image"], self.network, **kwargs)
+            out = dict(data)
+            out["pred"] = {k: v[0].cpu() for k, v in pred.items()}
+            out = self.postprocessing(out)
+            ref = nib.load(_source_reference(out))
+            prob = np.asarray(out["seg"], dtype=np.float32)
+            brain = np.asarray(out["brain_mask"])[0] > 0.5
+            regions = (prob > 0.5) & brain[None]
+            synth = {}
+            if "synth" in out:
+                for i, c in enumerate(self.targets):
+                    synth[c] = np.asarray(out["synth"][i], dtype=np.float32) * brain
+            return Prediction(
+                case_id=str(entry["case_id"]),
+                seg=regions_to_label(regions.astype(np.uint8), convention)[0],
+                probabilities=prob,
+                synth=synth,
+                affine=np.asarray(ref.affine),
+                convention=convention,
+            )
+
+
+def _arrays_to_files(case: Mapping[str, Any], affine: np.ndarray | None, folder: Path) -> dict[str, str]:
+    aff = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+    files: dict[str, str] = {}
+    for key, arr in case.items():
+        a = np.asarray(arr)
+        if a.ndim != 3:
+            raise ValueError(f"{key}: expected a 3D array, got shape {a.shape}")
+        path = folder / f"case_{canonical(key)}.nii"
+        nib.save(nib.Nifti1Image(a.astype(np.float32), aff), str(path))
+        files[key] = str(path)
+    return files
+
+
+def load_model(
+    bundle_dir: str | os.PathLike = DEFAULT_BUNDLE, device: str | None = None, **overrides
+) -> MultiTaskModel:
+    """Load a trained medmtl bundle for in-process prediction.
+
+    Args:
+        bundle_dir: the bundle folder (the shipped ``bundles/brats_mtl`` by default).
+        device: torch device; CUDA when available by default.
+        overrides: inference config overrides.
+
+    Returns:
+        A :class:`MultiTaskModel`; call ``.predict(case)``.
+    """
+    return MultiTaskModel(bundle_dir, device=device, **overrides)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``medmtl infer``."""
+    parser.add_argument("cases", nargs="*", help="case folders (any supported layout)")
+    parser.add_argument("--datalist", help="a medmtl datalist; all its cases (training + testing) are run")
+    parser.add_argument("--dataset-dir", help="root the datalist's paths are relative to")
+    parser.add_argument("--section", default="all", help="datalist section: training, testing or all")
+    parser.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="bundle folder (default: shipped)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--tta", action="store_true", help="flip test-time augmentation (4 passes)")
+    parser.add_argument("--probabilities", action="store_true", help="also write region probabilities")
+    parser.add_argument("--regions", action="store_true", help="write TC/WT/ET region masks, not a label map")
+    parser.add_argument("--convention", choices=list(OUTPUT_CONVENTIONS), help="force the output convention")
+    parser.add_argument("--device", help="torch device, e.g. cpu or cuda:0")
+    parser.add_argument(
+        "--sw-device", help="device for the sliding windows' stitching (e.g. cpu for huge volumes)"
+    )
+    parser.add_argument("--overlap", type=float, help="sliding-window overlap")
+    parser.add_argument("--sw-batch-size", type=int, help="windows per forward pass")
+    for c in CONTRASTS:
+        parser.add_argument(f"--{c}", help=f"explicit {c} file (instead of a case folder)")
+
+
+def bundle_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Config overrides from CLI arguments (shared by ``medmtl infer`` and the demo)."""
+    ov: dict[str, Any] = {"output_dir": str(Path(args.out).resolve())}
+    if getattr(args, "overwrite", False):
+        ov["overwrite"] = True
+    if getattr(args, "tta", False):
+        ov["tta"] = True
+    if getattr(args, "probabilities", False):
+        ov["write_probabilities"] = True
+    if getattr(args, "regions", False):
+        ov["write_regions"] = True
+    if getattr(args, "convention", None):
+        ov["output_convention"] = args.convention
+    if getattr(args, "device", None):
+        ov["device"] = f"$torch.device('{args.device}')"
+    if getattr(args, "sw_device", None):
+        ov["sw_device"] = f"$torch.device('{args.sw_device}')"
+    if getattr(args, "overlap", None) is not None:
+        ov["overlap"] = args.overlap
+    if getattr(args, "sw_batch_size", None):
+        ov["sw_batch_size"] = args.sw_batch_size
+    return ov
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    """Run ``medmtl infer``: build the case list, then run the bundle's inference config on it."""
+    from monai.bundle import run
+
+    explicit = {c: getattr(args, c) for c in CONTRASTS if getattr(args, c, None)}
+    if not (args.cases or args.datalist or explicit):
+        raise ValueError("give case folders, --datalist, or explicit --t1n/--t1c/--t2w/--t2f files")
+    bundle = Path(args.bundle).resolve()
+    ov = bundle_overrides(args)
+    if args.datalist:
+        ov["datalist"] = str(Path(args.datalist).resolve())
+        if args.dataset_dir:
+            ov["dataset_dir"] = str(Path(args.dataset_dir).resolve())
+        ov["section"] = args.section
+    else:
+        entries = [case_entry(c) for c in args.cases]
+        if explicit:
+            entries.append(case_entry(explicit))
+        ids = [e["case_id"] for e in entries]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"two inputs share a case id: {ids}")
+        ov["cases"] = entries
+    run(
+        config_file=str(bundle / "configs" / "inference.json"),
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=str(bundle / "configs" / "logging.conf"),
+        bundle_root=str(bundle),
+        **ov,
+    )
+    return 0

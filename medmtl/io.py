@@ -1,0 +1,111 @@
+"""File output that is written whole or not at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary file keeps the target's suffixes (``.nii.gz``), so writers that choose a format
+    from the extension still work.
+
+    Args:
+        path: the final file.
+        overwrite: if False, refuse to replace an existing file.
+
+    Yields:
+        The temporary path to write to.
+
+    Raises:
+        FileExistsError: if ``path`` exists and ``overwrite`` is False.
+        PermissionError: if the folder is not writable (raised before anything is written).
+    """
+    final = Path(path)
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} exists; pass overwrite=True to replace it")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(final.parent, os.W_OK):
+        raise PermissionError(f"output folder {final.parent} is not writable")
+    suffix = "".join(final.suffixes) or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        # mkstemp makes 0600 files; give the result the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: str | os.PathLike, obj: Any, overwrite: bool = True) -> Path:
+    """Write ``obj`` as indented JSON, atomically.
+
+    Args:
+        path: the output file.
+        obj: anything ``json.dumps`` takes.
+        overwrite: replace an existing file.
+
+    Returns:
+        The path written.
+    """
+    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_nifti(
+    path: str | os.PathLike,
+    array: np.ndarray,
+    affine: np.ndarray,
+    dtype: Any = None,
+    header: nib.Nifti1Header | None = None,
+    description: str | None = None,
+    overwrite: bool = True,
+) -> Path:
+    """Write a NIfTI file atomically with an explicit affine (qform and sform both set).
+
+    Args:
+        path: output ``.nii.gz`` path.
+        array: voxel data in the grid that ``affine`` describes.
+        affine: 4x4 voxel-to-world matrix.
+        dtype: on-disk data type (defaults to the array's).
+        header: a header to copy (e.g. the source scan's), updated for shape and dtype.
+        description: text for the header's ``descrip`` field (max 80 chars).
+        overwrite: replace an existing file.
+
+    Returns:
+        The path written.
+    """
+    arr = np.asarray(array)
+    if dtype is not None:
+        arr = arr.astype(dtype)
+    hdr = header.copy() if header is not None else None
+    img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64), header=hdr)
+    img.set_data_dtype(arr.dtype)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    if description:
+        img.header["descrip"] = description[:79].encode()
+    if hdr is not None:
+        img.header["scl_slope"], img.header["scl_inter"] = np.nan, np.nan
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        nib.save(img, str(tmp))
+    return Path(path)

@@ -1,0 +1,282 @@
+"""BraTS label conventions and the label <-> region conversions.
+
+Label maps come in three conventions:
+
+* ``brats2021`` (BraTS 2018-2021, UPENN-GBM): 1 necrotic / non-enhancing core (NETC),
+  2 peritumoral oedema (SNFH), 4 enhancing tumour (ET);
+* ``brats2023`` (BraTS 2023 and later): the same with ET = 3;
+* ``msd`` (Medical Segmentation Decathlon Task01): 1 oedema, 2 non-enhancing tumour, 3 enhancing.
+
+Networks work on the nested BraTS regions in the channel order (TC, WT, ET), as MONAI's
+:class:`~monai.transforms.ConvertToMultiChannelBasedOnBratsClasses` produces them:
+TC = NETC + ET, WT = NETC + SNFH + ET, ET.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses, MapLabelValue, MapTransform
+
+#: Region channel order of every network output and region tensor.
+REGIONS: tuple[str, ...] = ("TC", "WT", "ET")
+
+#: Label values per convention: name -> {"NETC": v, "SNFH": v, "ET": v}.
+CONVENTIONS: dict[str, dict[str, int]] = {
+    "brats2021": {"NETC": 1, "SNFH": 2, "ET": 4},
+    "brats2023": {"NETC": 1, "SNFH": 2, "ET": 3},
+    "msd": {"NETC": 2, "SNFH": 1, "ET": 3},
+}
+
+#: Conventions that may be written as outputs (MSD is read, never written).
+OUTPUT_CONVENTIONS: tuple[str, ...] = ("brats2021", "brats2023")
+
+#: BraTS overlay colours (RGB 0-1) used by figures: NETC red, SNFH green, ET yellow.
+COLOURS: dict[str, tuple[float, float, float]] = {
+    "NETC": (1.0, 0.0, 0.0),
+    "SNFH": (0.0, 0.8, 0.0),
+    "ET": (1.0, 1.0, 0.0),
+}
+
+
+def check_convention(convention: str) -> str:
+    """Validate a convention name.
+
+    Args:
+        convention: one of :data:`CONVENTIONS`.
+
+    Returns:
+        The name, unchanged.
+
+    Raises:
+        ValueError: for an unknown name.
+    """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown label convention {convention!r}; expected one of {list(CONVENTIONS)}")
+    return convention
+
+
+def allowed_values(convention: str) -> set[int]:
+    """Label values (background included) that a label map in ``convention`` may hold."""
+    return {0, *CONVENTIONS[check_convention(convention)].values()}
+
+
+def detect_convention(values: Iterable[int], default: str | None = None) -> str | None:
+    """Decide a label convention from the set of values found in a label map.
+
+    The enhancing-tumour value is the only difference between BraTS 2018-21 (4) and 2023+ (3). A map
+    with neither (no enhancing tumour) cannot tell, and the ``default`` (usually the layout's
+    convention) is returned. MSD cannot be told from BraTS 2023 by values; it is declared by layout.
+
+    Args:
+        values: the distinct values of a label map.
+        default: what to return when the values do not decide it.
+
+    Returns:
+        ``"brats2021"``, ``"brats2023"`` or ``default``.
+
+    Raises:
+        ValueError: when the values fit no convention (e.g. both 3 and 4, or 5).
+    """
+    vals = {int(v) for v in values}
+    unknown = vals - {0, 1, 2, 3, 4}
+    if unknown or {3, 4} <= vals:
+        raise ValueError(
+            f"label values {sorted(vals)} fit no BraTS convention "
+            "(expected {0,1,2,4} for BraTS 2018-2021 or {0,1,2,3} for BraTS 2023+)"
+        )
+    if 4 in vals:
+        return "brats2021"
+    if 3 in vals:
+        return "brats2023"
+    return default
+
+
+def _to_brats2021(label: Any, convention: str) -> Any:
+    src = CONVENTIONS[check_convention(convention)]
+    dst = CONVENTIONS["brats2021"]
+    if src == dst:
+        return label
+    names = list(src)
+    return MapLabelValue(orig_labels=[src[n] for n in names], target_labels=[dst[n] for n in names])(label)
+
+
+def label_to_regions(label: Any, convention: str) -> Any:
+    """Turn a label map into the nested region masks (TC, WT, ET).
+
+    Args:
+        label: label map, shape (H, W, D) or (1, H, W, D), numpy or torch.
+        convention: the label convention of ``label``.
+
+    Returns:
+        Boolean masks of shape (3, H, W, D) in the order of :data:`REGIONS`.
+    """
+    return ConvertToMultiChannelBasedOnBratsClasses(et_label=4)(_to_brats2021(label, convention))
+
+
+def regions_to_label(regions: Any, convention: str, dtype: Any = None) -> Any:
+    """Turn region masks (TC, WT, ET) back into a label map.
+
+    Regions are applied from the outside in (WT -> SNFH, TC -> NETC, ET), so predictions that are
+    not perfectly nested still give a valid BraTS map in which ET wins over TC over WT.
+
+    Args:
+        regions: binary masks, shape (3, H, W, D), channel order :data:`REGIONS`.
+        convention: the output convention (``brats2021`` or ``brats2023``; ``msd`` is accepted too).
+        dtype: output dtype; uint8 by default.
+
+    Returns:
+        A label map of shape (1, H, W, D), the same array type as ``regions``.
+    """
+    if regions.shape[0] != len(REGIONS):
+        raise ValueError(
+            f"expected {len(REGIONS)} region channels {REGIONS}, got shape {tuple(regions.shape)}"
+        )
+    values = CONVENTIONS[check_convention(convention)]
+    tc, wt, et = (regions[i] > 0.5 for i in range(3))
+    if isinstance(regions, torch.Tensor):
+        out = torch.zeros(regions.shape[1:], dtype=dtype or torch.uint8, device=regions.device)
+    else:
+        out = np.zeros(regions.shape[1:], dtype=dtype or np.uint8)
+    out[wt] = values["SNFH"]
+    out[tc] = values["NETC"]
+    out[et] = values["ET"]
+    return out[None]
+
+
+def convert_convention(label: Any, source: str, target: str) -> Any:
+    """Re-express a label map from one convention in another (e.g. MSD -> BraTS 2023).
+
+    Args:
+        label: label map of any shape.
+        source: its convention.
+        target: the wanted convention.
+
+    Returns:
+        The relabelled map (same shape and array type).
+    """
+    src, dst = CONVENTIONS[check_convention(source)], CONVENTIONS[check_convention(target)]
+    if src == dst:
+        return label
+    names = list(src)
+    return MapLabelValue(orig_labels=[src[n] for n in names], target_labels=[dst[n] for n in names])(label)
+
+
+class _ConventionMixin:
+    def _convention(self, d: Mapping[Hashable, Any]) -> str:
+        conv = d.get(self.convention_key) if self.convention_key else None
+        conv = conv or self.convention
+        if conv is None:
+            raise ValueError(
+                f"no label convention: set `convention` or give the data key {self.convention_key!r}"
+            )
+        return str(conv)
+
+
+class LabelToRegionsd(MapTransform, _ConventionMixin):
+    """Dictionary transform: BraTS label map -> (TC, WT, ET) region channels.
+
+    The convention is read per case from ``data[convention_key]`` (the pipelines copy a datalist's
+    ``label_convention`` there, because MONAI's spatial transforms treat keys named ``label_*`` as
+    meta dictionaries), falling back to ``convention``. Uses MONAI's
+    ``ConvertToMultiChannelBasedOnBratsClasses``.
+
+    Args:
+        keys: keys of the label maps.
+        convention: default convention when the data carry none.
+        convention_key: data key holding the per-case convention.
+        allow_missing_keys: don't raise for absent keys.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        convention: str | None = None,
+        convention_key: str | None = "convention",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.convention = check_convention(convention) if convention else None
+        self.convention_key = convention_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        conv = self._convention(d)
+        for key in self.key_iterator(d):
+            regions = label_to_regions(d[key], conv)
+            d[key] = regions.float() if isinstance(regions, torch.Tensor) else regions.astype(np.float32)
+            if hasattr(data[key], "meta") and hasattr(d[key], "meta"):
+                d[key].meta = data[key].meta  # keep affine and filename for inversion / saving
+        return d
+
+
+class RegionsToLabeld(MapTransform, _ConventionMixin):
+    """Dictionary transform: (TC, WT, ET) region masks or probabilities -> BraTS label map.
+
+    Args:
+        keys: keys of the region tensors (3 channels, thresholded at 0.5).
+        convention: output convention when the data carry none.
+        convention_key: data key with the per-case convention (outputs follow the input's convention).
+        allow_missing_keys: don't raise for absent keys.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        convention: str | None = "brats2023",
+        convention_key: str | None = "convention",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.convention = check_convention(convention) if convention else None
+        self.convention_key = convention_key
+
+    def _convention(self, d: Mapping[Hashable, Any]) -> str:
+        conv = super()._convention(d)
+        # MSD-labelled inputs are answered in BraTS 2023 values, the nearest writable convention.
+        return conv if conv in OUTPUT_CONVENTIONS else "brats2023"
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        conv = self._convention(d)
+        for key in self.key_iterator(d):
+            out = regions_to_label(d[key], conv)
+            if hasattr(d[key], "meta"):
+                from monai.data import MetaTensor
+
+                out = MetaTensor(out, meta=d[key].meta)
+            d[key] = out
+        return d
+
+
+def region_voxel_counts(regions: Any) -> dict[str, int]:
+    """Voxel count of each region in a (3, ...) region tensor, keyed by :data:`REGIONS`."""
+    return {name: int((regions[i] > 0.5).sum()) for i, name in enumerate(REGIONS)}
+
+
+def label_voxel_counts(label: Any, convention: str) -> dict[str, int]:
+    """Voxel count of each tissue class (NETC, SNFH, ET) in a label map."""
+    arr = np.asarray(label)
+    return {name: int((arr == v).sum()) for name, v in CONVENTIONS[check_convention(convention)].items()}
+
+
+__all__: Sequence[str] = (
+    "REGIONS",
+    "CONVENTIONS",
+    "OUTPUT_CONVENTIONS",
+    "COLOURS",
+    "check_convention",
+    "allowed_values",
+    "detect_convention",
+    "label_to_regions",
+    "regions_to_label",
+    "convert_convention",
+    "LabelToRegionsd",
+    "RegionsToLabeld",
+    "region_voxel_counts",
+    "label_voxel_counts",
+)

@@ -1,0 +1,408 @@
+"""Pieces that let MONAI engines train and validate the two-output network.
+
+The bundle configs (``bundles/brats_mtl/configs``) are the one description of a training run; this
+module holds only what they reference: the batch preparation for dict targets, metric output
+transforms for each branch, per-task loss logging, a PCGrad iteration and checkpoint helpers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.engines.utils import PrepareBatch
+from monai.utils import CommonKeys as Keys
+
+logger = logging.getLogger("medmtl.training")
+
+
+class MultiTaskPrepareBatch(PrepareBatch):
+    """Prepare a batch for MONAI engines: inputs, a dict of targets, and the channel mask as kwarg.
+
+    ``SupervisedTrainer`` / ``SupervisedEvaluator`` call ``network(inputs, **kwargs)`` and
+    ``loss_function(pred, targets)``; the targets are ``{"seg", "synth", "brain_mask"}`` so that
+    :class:`medmtl.losses.MultiTaskLoss` sees every task at once.
+
+    Args:
+        use_channel_mask: pass ``channel_mask`` (B, C) to the network (models built with input_mask).
+    """
+
+    def __init__(self, use_channel_mask: bool = False) -> None:
+        self.use_channel_mask = use_channel_mask
+
+    def __call__(
+        self,
+        batchdata: dict[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple, dict[str, Any]]:
+        def move(x: torch.Tensor) -> torch.Tensor:
+            return x.to(device=device, non_blocking=non_blocking, **kwargs)
+
+        inputs = move(batchdata["image"])
+        targets = {}
+        for src, dst in (("label", "seg"), ("synth_target", "synth"), ("brain_mask", "brain_mask")):
+            if src in batchdata and isinstance(batchdata[src], torch.Tensor):
+                targets[dst] = move(batchdata[src])
+        net_kwargs = {}
+        if self.use_channel_mask and "channel_mask" in batchdata:
+            net_kwargs["channel_mask"] = move(batchdata["channel_mask"])
+        return inputs, targets, (), net_kwargs
+
+
+def _first(output: Any) -> dict:
+    # Evaluators decollate their output into a list of per-case dicts; metrics want batch tensors.
+    if not isinstance(output, list):
+        return output
+    return {
+        key: {k: torch.stack([torch.as_tensor(o[key][k]) for o in output]) for k in output[0][key]}
+        for key in (Keys.PRED, Keys.LABEL)
+    }
+
+
+class SegOutput:
+    """Output transform for segmentation metric handlers: (binary prediction, target regions).
+
+    Args:
+        region: region channel to keep (0 TC, 1 WT, 2 ET); all when None.
+        threshold: probability threshold after the sigmoid.
+    """
+
+    def __init__(self, region: int | None = None, threshold: float = 0.5) -> None:
+        self.region, self.threshold = region, threshold
+
+    def __call__(self, output: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        out = _first(output)
+        pred = (torch.sigmoid(out[Keys.PRED]["seg"].float()) > self.threshold).float()
+        label = out[Keys.LABEL]["seg"].float()
+        if self.region is not None:
+            pred, label = pred[:, self.region : self.region + 1], label[:, self.region : self.region + 1]
+        return pred, label
+
+
+class SynthOutput:
+    """Output transform for synthesis metric handlers: brain-masked images rescaled to [0, 1].
+
+    Both images are clipped to the target's 0.5-99.5 brain percentiles and rescaled by them, as the
+    BraTS synthesis challenge does, and zeroed outside the brain so background cannot inflate scores.
+
+    Args:
+        channel: synthesised channel to keep; all when None.
+    """
+
+    def __init__(self, channel: int | None = None) -> None:
+        self.channel = channel
+
+    def __call__(self, output: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        out = _first(output)
+        pred = out[Keys.PRED]["synth"].float()
+        target = out[Keys.LABEL]["synth"].float()
+        mask = out[Keys.LABEL].get("brain_mask")
+        mask = torch.ones_like(target[:, :1]) if mask is None else (mask > 0).float()
+        if self.channel is not None:
+            pred, target = (
+                pred[:, self.channel : self.channel + 1],
+                target[:, self.channel : self.channel + 1],
+            )
+        preds, targets = [], []
+        for p, t, m in zip(pred, target, mask):
+            inside = t[:, m[0] > 0] if m.sum() > 0 else t.flatten(1)
+            lo = torch.quantile(inside.flatten()[:: max(1, inside.numel() // 100000)], 0.005)
+            hi = torch.quantile(inside.flatten()[:: max(1, inside.numel() // 100000)], 0.995)
+            scale = (hi - lo).clamp_min(1e-6)
+            preds.append(((p - lo) / scale).clamp(0, 1) * m)
+            targets.append(((t - lo) / scale).clamp(0, 1) * m)
+        return torch.stack(preds), torch.stack(targets)
+
+
+class TaskLossLogger:
+    """Log each task's loss and weight (``loss_function.last``) every N iterations.
+
+    Writes to the Python logger and, when given, to a TensorBoard ``SummaryWriter`` under
+    ``train/<name>``, next to MONAI's ``TensorBoardStatsHandler`` total-loss curve.
+
+    Args:
+        loss_function: the :class:`medmtl.losses.MultiTaskLoss` instance the trainer uses.
+        summary_writer: optional TensorBoard writer.
+        interval: log every this many iterations.
+    """
+
+    def __init__(self, loss_function: Any, summary_writer: Any = None, interval: int = 10) -> None:
+        self.loss_function, self.writer, self.interval = loss_function, summary_writer, interval
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
+
+    def __call__(self, engine: Any) -> None:
+        last = getattr(self.loss_function, "last", None) or {}
+        if not last:
+            return
+        it = engine.state.iteration
+        logger.info("iter %d: %s", it, ", ".join(f"{k}={float(v):.4f}" for k, v in last.items()))
+        if self.writer is not None:
+            for k, v in last.items():
+                self.writer.add_scalar(f"train/{k}", float(v), it)
+
+
+class PCGradIteration:
+    """``iteration_update`` for MONAI's ``SupervisedTrainer`` that combines task gradients by PCGrad.
+
+    Each task loss is back-propagated separately; where two task gradients on the shared encoder
+    conflict (negative dot product) each is projected onto the other's normal plane before summing
+    (Yu et al., "Gradient Surgery for Multi-Task Learning", NeurIPS 2020).
+
+    Args:
+        shared_params: parameters of the shared encoder.
+        other_params: task-specific parameters (decoder heads, learned loss weights).
+    """
+
+    def __init__(
+        self, shared_params: Sequence[torch.nn.Parameter], other_params: Sequence[torch.nn.Parameter]
+    ):
+        self.shared = [p for p in shared_params if p.requires_grad]
+        self.other = [p for p in other_params if p.requires_grad]
+
+    def __call__(self, engine: Any, batchdata: dict[str, Any]) -> dict[str, Any]:
+        inputs, targets, args, kwargs = engine.prepare_batch(
+            batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs
+        )
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=True)
+        pred = engine.inferer(inputs, engine.network, *args, **kwargs)
+        total = engine.loss_function.backward(pred, targets, self.shared, self.other)
+        engine.optimizer.step()
+        return {Keys.IMAGE: inputs, Keys.LABEL: targets, Keys.PRED: pred, Keys.LOSS: total.detach()}
+
+
+def trainable_parameters(*modules: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Parameters that require gradients, from one or more modules (network, learned loss weights).
+
+    Args:
+        modules: modules whose parameters the optimiser should update.
+
+    Returns:
+        A de-duplicated list of trainable parameters.
+    """
+    seen: set[int] = set()
+    out = []
+    for m in modules:
+        for p in m.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -> str | None:
+    """The newest full training checkpoint (network, optimiser, trainer state) in a folder.
+
+    Args:
+        ckpt_dir: folder the ``CheckpointSaver`` writes to.
+        prefix: file name prefix of the interval checkpoints.
+
+    Returns:
+        Path of the checkpoint with the highest epoch, or None when there is none (fresh start).
+    """
+    folder = Path(ckpt_dir)
+    if not folder.is_dir():
+        return None
+    cands = []
+    for p in folder.glob(f"{prefix}*.pt"):
+        digits = "".join(ch for ch in p.stem.split("=")[-1] if ch.isdigit())
+        cands.append((int(digits) if digits else -1, p.stat().st_mtime, p))
+    return str(max(cands)[2]) if cands else None
+
+
+def write_model_config(ckpt_dir: str | os.PathLike, config: dict[str, Any]) -> str:
+    """Save the network/task description beside the weights a training run writes.
+
+    Inference reads it back (:func:`medmtl.inference.read_model_config`), so a model trained with
+    any preset is rebuilt exactly, whatever the inference config's defaults are.
+
+    Args:
+        ckpt_dir: the run's checkpoint folder.
+        config: JSON-serialisable description (contrasts, spacing, preset, network kwargs, ...).
+
+    Returns:
+        The path written.
+    """
+    from medmtl.io import write_json
+
+    return str(write_json(Path(ckpt_dir) / "model_config.json", config))
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI: ``medmtl train`` runs the bundle's configs (there is no other training loop).
+
+#: The method's staged schedule, in order; each stage starts from the previous stage's best model.
+STAGES: tuple[str, ...] = ("pretrain_seg", "pretrain_synth", "heads", "joint")
+#: Single-task ablation configs.
+ABLATIONS: tuple[str, ...] = ("seg_only", "synth_only")
+
+
+def stage_config_files(bundle: Path, stage: str, preset: str | None) -> list[str]:
+    """Config files composing one training run, in override order.
+
+    Args:
+        bundle: bundle folder holding ``configs/``.
+        stage: ``joint`` (plain joint training), one of :data:`STAGES` or :data:`ABLATIONS`.
+        preset: ``cpu`` or ``gpu``/None (the base config is the full-resolution GPU setting).
+
+    Returns:
+        Paths for ``monai.bundle run --config_file``.
+    """
+    cfg = bundle / "configs"
+    files = [cfg / "train.json"]
+    if preset and preset != "gpu":
+        files.append(cfg / f"{preset}.json")
+    if stage in STAGES or stage in ABLATIONS:
+        name = f"stage_{stage}.json" if stage in STAGES else f"{stage}.json"
+        files.append(cfg / name)
+    elif stage != "plain":
+        raise ValueError(f"unknown stage {stage!r}; expected plain, all, {list(STAGES)} or {list(ABLATIONS)}")
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} not found in bundle {bundle}")
+    return [str(f) for f in files]
+
+
+def prepare_run_dir(bundle: Path, run_dir: Path) -> None:
+    """Make ``run_dir`` a bundle of its own: its configs copied from ``bundle``, models/ to fill.
+
+    Args:
+        bundle: source bundle folder.
+        run_dir: where training writes; afterwards ``medmtl infer --bundle run_dir`` uses it.
+    """
+    import shutil
+
+    (run_dir / "models").mkdir(parents=True, exist_ok=True)
+    if run_dir.resolve() != bundle.resolve():
+        shutil.copytree(bundle / "configs", run_dir / "configs", dirs_exist_ok=True)
+        for name in ("LICENSE", "data_license.txt"):
+            if (bundle / name).is_file():
+                shutil.copy2(bundle / name, run_dir / name)
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` overrides; values are JSON when they parse as JSON, else strings (never eval'd).
+
+    Args:
+        pairs: ``["max_epochs=3", "roi_size=[32,32,32]"]``.
+
+    Returns:
+        ``{"max_epochs": 3, "roi_size": [32, 32, 32]}``.
+    """
+    import json
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"override {pair!r} must look like key=value")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def train(
+    dataset_dir: str | os.PathLike,
+    datalist: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    stage: str = "all",
+    preset: str | None = "cpu",
+    bundle: str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Path:
+    """Train the bundle: the staged schedule (``stage="all"``), one stage, or an ablation.
+
+    Args:
+        dataset_dir: root of the datalist's paths.
+        datalist: medmtl datalist JSON.
+        run_dir: output bundle folder (configs copied there, weights in ``models/``).
+        stage: ``all`` (the four stages in order), ``plain`` (joint from scratch) or one stage name.
+        preset: ``cpu`` (2 mm, small widths) or ``gpu`` (full resolution).
+        bundle: source bundle (the shipped ``bundles/brats_mtl`` by default).
+        overrides: config overrides for every stage.
+
+    Returns:
+        The run folder.
+    """
+    from monai.bundle import run
+
+    from medmtl.inference import DEFAULT_BUNDLE
+
+    src = Path(bundle or DEFAULT_BUNDLE).resolve()
+    out = Path(run_dir).resolve()
+    prepare_run_dir(src, out)
+    stages = list(STAGES) if stage == "all" else [stage]
+    for st in stages:
+        logger.info("medmtl train: stage %s", st)
+        run(
+            config_file=stage_config_files(out, st, preset),
+            meta_file=str(out / "configs" / "metadata.json"),
+            logging_file=str(out / "configs" / "logging.conf"),
+            bundle_root=str(out),
+            dataset_dir=str(Path(dataset_dir).resolve()),
+            datalist=str(Path(datalist).resolve()),
+            **(overrides or {}),
+        )
+    return out
+
+
+def add_cli_arguments(parser: Any) -> None:
+    """Arguments of ``medmtl train``."""
+    parser.add_argument("--dataset-dir", required=True, help="root of the datalist's paths")
+    parser.add_argument("--datalist", required=True, help="datalist JSON from `medmtl prepare`")
+    parser.add_argument("--out", required=True, help="run folder: becomes a bundle with trained weights")
+    parser.add_argument(
+        "--stage",
+        default="all",
+        help=f"all (the staged schedule {' -> '.join(STAGES)}), plain (joint from scratch), "
+        f"one of {list(STAGES)}, or an ablation {list(ABLATIONS)}",
+    )
+    parser.add_argument("--preset", default="cpu", choices=["cpu", "gpu"], help="cpu: 2 mm, small widths")
+    parser.add_argument("--bundle", default=None, help="source bundle (default: the shipped one)")
+    parser.add_argument("--epochs", type=int, help="max_epochs for each stage")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+
+
+def cli_main(args: Any) -> int:
+    """Run ``medmtl train``."""
+    overrides = parse_overrides(args.set)
+    if args.epochs:
+        overrides["max_epochs"] = args.epochs
+    out = train(args.dataset_dir, args.datalist, args.out, args.stage, args.preset, args.bundle, overrides)
+    print(
+        f"medmtl train: weights in {out / 'models' / 'model.pt'}; infer with: medmtl infer --bundle {out} ..."
+    )
+    return 0
+
+
+def stage_network(
+    net: torch.nn.Module, device: Any, encoder: bool = True, seg: bool = True, synth: bool = True
+) -> torch.nn.Module:
+    """Freeze/unfreeze the network's parts for a training stage and move it to ``device``.
+
+    Args:
+        net: a :class:`medmtl.networks.MultiTaskUNet`.
+        device: torch device.
+        encoder: train the shared encoder.
+        seg: train the segmentation decoder.
+        synth: train the synthesis decoder.
+
+    Returns:
+        The same network, on ``device``.
+    """
+    from medmtl.networks import set_trainable
+
+    set_trainable(net, encoder=encoder, seg=seg, synth=synth)
+    return net.to(device)

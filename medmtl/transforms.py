@@ -1,0 +1,369 @@
+"""MONAI dictionary transforms and the train / validation / inference pipelines of medmtl.
+
+Data flow of one case (keys as in DESIGN.md)::
+
+    datalist entry {"image": [t1n, t1c, t2w, t2f] | 4D file, "contrasts": [...], "label", "label_convention"}
+      -> LoadImaged + EnsureChannelFirstd          image (C, H, W, D), label (1, H, W, D)
+      -> ReorderContrastsd                         image in canonical order t1n, t1c, t2w, t2f; "available"
+      -> Orientationd(RAS) + Spacingd              (bilinear images, nearest labels)
+      -> BrainMaskd                                "brain_mask": voxels where any contrast is non-zero
+      -> LabelToRegionsd                           label -> (TC, WT, ET)
+      -> NormalizeIntensityd(nonzero, channel-wise) z-score inside the brain, 0 outside
+      -> CropForegroundd                           crop to the brain
+      -> SplitTaskd                                "image" = input contrasts, "synth_target" = targets,
+                                                   "channel_mask" = which inputs are real
+      -> (train) RandCropByPosNegLabeld, flips, intensity jitter on the inputs, RandDropContrastsd
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import (
+    Compose,
+    CopyItemsd,
+    CropForegroundd,
+    DeleteItemsd,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    NormalizeIntensityd,
+    Orientationd,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    Randomizable,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    Spacingd,
+    SpatialPadd,
+)
+
+from medmtl.contrasts import CONTRASTS, canonical_list
+from medmtl.labels import LabelToRegionsd
+
+#: The default task: synthesise T1 post-contrast from the non-contrast scans, and segment.
+DEFAULT_INPUTS: tuple[str, ...] = ("t1n", "t2w", "t2f")
+DEFAULT_TARGETS: tuple[str, ...] = ("t1c",)
+
+
+class ReorderContrastsd(MapTransform):
+    """Put the channels of a multi-contrast image into canonical order (t1n, t1c, t2w, t2f).
+
+    The channel order of the loaded image is read per case from ``data[contrasts_key]`` (MSD stores
+    FLAIR, T1w, T1gd, T2w in one 4D file; a case with missing contrasts holds fewer channels).
+    Missing contrasts become zero channels and ``data[available_key]`` records which are real.
+
+    Args:
+        keys: image keys to reorder.
+        contrasts_key: data key with the loaded channel order; canonical order when absent.
+        available_key: output key for the (4,) float availability vector.
+        allow_missing: if False, a case lacking a contrast raises an error naming the case.
+        allow_missing_keys: don't raise for absent keys.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        contrasts_key: str = "contrasts",
+        available_key: str = "available",
+        allow_missing: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.contrasts_key = contrasts_key
+        self.available_key = available_key
+        self.allow_missing = allow_missing
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        order = canonical_list(d.get(self.contrasts_key) or CONTRASTS)
+        missing = [c for c in CONTRASTS if c not in order]
+        if missing and not self.allow_missing:
+            raise ValueError(f"case {d.get('case_id', '?')}: missing contrasts {missing}")
+        for key in self.key_iterator(d):
+            img = d[key]
+            if img.shape[0] != len(order):
+                raise ValueError(
+                    f"case {d.get('case_id', '?')}: image has {img.shape[0]} channels but its "
+                    f"contrast list {order} names {len(order)}"
+                )
+            if order == list(CONTRASTS):
+                continue
+            channels = [img[order.index(c)] if c in order else torch.zeros_like(img[0]) for c in CONTRASTS]
+            out = torch.stack([torch.as_tensor(c) for c in channels])
+            d[key] = MetaTensor(out, meta=img.meta) if isinstance(img, MetaTensor) else out
+        d[self.available_key] = torch.tensor([float(c in order) for c in CONTRASTS])
+        d[self.contrasts_key] = list(CONTRASTS)
+        return d
+
+
+class BrainMaskd(MapTransform):
+    """Brain mask of a skull-stripped scan: voxels where any contrast is non-zero.
+
+    BraTS images are skull-stripped with exact zeros outside the brain, which is also what
+    ``NormalizeIntensityd(nonzero=True)`` relies on.
+
+    Args:
+        keys: image key(s) the mask is computed from (the first present one is used).
+        mask_key: output key (1, H, W, D) float.
+        allow_missing_keys: don't raise for absent keys.
+    """
+
+    def __init__(
+        self, keys: KeysCollection = "image", mask_key: str = "brain_mask", allow_missing_keys=False
+    ):
+        super().__init__(keys, allow_missing_keys)
+        self.mask_key = mask_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            mask = (img != 0).any(dim=0, keepdim=True).float()
+            d[self.mask_key] = MetaTensor(mask, meta=img.meta) if isinstance(img, MetaTensor) else mask
+            break
+        return d
+
+
+class SplitTaskd(MapTransform):
+    """Split the canonical 4-channel image into network inputs and synthesis targets.
+
+    Args:
+        keys: the canonical image key (``image``); replaced by the input channels.
+        inputs: contrasts fed to the network, in this order.
+        targets: contrasts the synthesis branch predicts (``synth_target``); empty for seg-only.
+        target_key: output key of the targets.
+        mask_key: output key of the (len(inputs),) channel mask: 1 where the input contrast is real.
+        available_key: key of the availability vector written by :class:`ReorderContrastsd`.
+        allow_missing_keys: don't raise for absent keys.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        inputs: Sequence[str] = DEFAULT_INPUTS,
+        targets: Sequence[str] = DEFAULT_TARGETS,
+        target_key: str = "synth_target",
+        mask_key: str = "channel_mask",
+        available_key: str = "available",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.inputs = canonical_list(inputs)
+        self.targets = canonical_list(targets)
+        self.in_idx = [CONTRASTS.index(c) for c in self.inputs]
+        self.tg_idx = [CONTRASTS.index(c) for c in self.targets]
+        self.target_key, self.mask_key, self.available_key = target_key, mask_key, available_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        available = d.get(self.available_key, torch.ones(len(CONTRASTS)))
+        for key in self.key_iterator(d):
+            img = d[key]
+            if img.shape[0] != len(CONTRASTS):
+                raise ValueError(
+                    f"{key} must hold the {len(CONTRASTS)} canonical contrasts, got {img.shape[0]}"
+                )
+            if self.targets:
+                d[self.target_key] = img[self.tg_idx]
+            d[key] = img[self.in_idx]
+        d[self.mask_key] = torch.as_tensor(available)[self.in_idx].float()
+        if self.targets:
+            d["synth_available"] = torch.as_tensor(available)[self.tg_idx].float()
+        return d
+
+
+class RandDropContrastsd(Randomizable, MapTransform):
+    """Randomly drop whole input contrasts (zero-fill) and update the channel mask.
+
+    Trains one model for any subset of acquired contrasts: the synthesis branch learns to restore
+    what is missing and the segmentation branch to work without it (cf. HeMIS, Havaei et al.,
+    MICCAI 2016; and the missing-modality BraTS literature).
+
+    Args:
+        keys: input image key.
+        prob: probability that a case has any contrast dropped.
+        max_drop: largest number of channels dropped at once (at least one always stays).
+        mask_key: channel mask key, updated in place.
+        allow_missing_keys: don't raise for absent keys.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        prob: float = 0.5,
+        max_drop: int = 2,
+        mask_key: str = "channel_mask",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.prob, self.max_drop, self.mask_key = prob, max_drop, mask_key
+        self._drop: list[int] = []
+
+    def randomize(self, n_channels: int, present: Sequence[int]) -> None:
+        self._drop = []
+        if self.R.random_sample() >= self.prob or len(present) <= 1:
+            return
+        k = int(self.R.randint(1, min(self.max_drop, len(present) - 1) + 1))
+        self._drop = sorted(int(i) for i in self.R.choice(present, size=k, replace=False))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            mask = torch.as_tensor(d.get(self.mask_key, torch.ones(img.shape[0]))).clone().float()
+            self.randomize(img.shape[0], [i for i in range(img.shape[0]) if mask[i] > 0])
+            if self._drop:
+                img = img.clone()
+                img[self._drop] = 0
+                mask[self._drop] = 0
+            d[key], d[self.mask_key] = img, mask
+        return d
+
+
+def _load_and_canonicalise(
+    keys: Sequence[str],
+    spacing: Sequence[float] | None,
+    allow_missing_contrasts: bool,
+) -> list:
+    label_keys = [k for k in keys if k != "image"]
+    xforms: list = [
+        # MONAI's spatial transforms take any "label_*" key for a meta dict: move it out of the way.
+        CopyItemsd(keys="label_convention", names="convention", allow_missing_keys=True),
+        # Variable-length lists do not collate into batches; "contrasts" is canonical after reordering.
+        DeleteItemsd(keys=["label_convention", "missing"]),
+        LoadImaged(keys=list(keys), image_only=True, allow_missing_keys=True),
+        EnsureChannelFirstd(keys=list(keys), allow_missing_keys=True),
+        EnsureTyped(keys=list(keys), dtype=torch.float32, allow_missing_keys=True),
+        ReorderContrastsd(keys="image", allow_missing=allow_missing_contrasts),
+        Orientationd(keys=list(keys), axcodes="RAS", allow_missing_keys=True),
+    ]
+    if spacing is not None:
+        modes = ["bilinear"] + ["nearest"] * len(label_keys)
+        xforms.append(Spacingd(keys=list(keys), pixdim=spacing, mode=modes, allow_missing_keys=True))
+    xforms += [
+        BrainMaskd(keys="image"),
+        LabelToRegionsd(keys=label_keys, allow_missing_keys=True) if label_keys else None,
+        NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
+    ]
+    return [x for x in xforms if x is not None]
+
+
+def train_transforms(
+    inputs: Sequence[str] = DEFAULT_INPUTS,
+    targets: Sequence[str] = DEFAULT_TARGETS,
+    roi_size: Sequence[int] = (64, 64, 64),
+    spacing: Sequence[float] | None = (1.0, 1.0, 1.0),
+    num_samples: int = 2,
+    pos: float = 1.0,
+    neg: float = 1.0,
+    drop_contrasts_prob: float = 0.0,
+    max_drop: int = 2,
+    flip_prob: float = 0.5,
+    intensity_prob: float = 0.5,
+) -> Compose:
+    """Training pipeline: load, canonicalise, normalise, crop to brain, sample tumour-balanced patches.
+
+    Args:
+        inputs: contrasts fed to the network.
+        targets: contrasts to synthesise (empty for a seg-only model).
+        roi_size: patch size.
+        spacing: target voxel size in mm (None keeps the native grid; (2, 2, 2) for CPU presets).
+        num_samples: patches per case and iteration.
+        pos: weight of tumour-centred patches in ``RandCropByPosNegLabeld``.
+        neg: weight of background-centred patches.
+        drop_contrasts_prob: probability of dropping input contrasts (random missing-contrast mode).
+        max_drop: most contrasts dropped at once.
+        flip_prob: flip probability per axis.
+        intensity_prob: probability of intensity scale / shift jitter on the inputs.
+
+    Returns:
+        A MONAI ``Compose``.
+    """
+    keys = ["image", "label"]
+    patch_keys = (
+        ["image", "label", "synth_target", "brain_mask"] if targets else ["image", "label", "brain_mask"]
+    )
+    xforms = _load_and_canonicalise(keys, spacing, allow_missing_contrasts=False)
+    xforms += [
+        CropForegroundd(keys=["image", "label", "brain_mask"], source_key="brain_mask", allow_smaller=True),
+        SplitTaskd(keys="image", inputs=inputs, targets=targets),
+        SpatialPadd(keys=patch_keys, spatial_size=roi_size),
+        RandCropByPosNegLabeld(
+            keys=patch_keys,
+            label_key="label",
+            spatial_size=roi_size,
+            pos=pos,
+            neg=neg,
+            num_samples=num_samples,
+            image_key="brain_mask",
+            image_threshold=0.5,
+        ),
+        RandFlipd(keys=patch_keys, prob=flip_prob, spatial_axis=0),
+        RandFlipd(keys=patch_keys, prob=flip_prob, spatial_axis=1),
+        RandFlipd(keys=patch_keys, prob=flip_prob, spatial_axis=2),
+        RandScaleIntensityd(keys="image", factors=0.1, prob=intensity_prob),
+        RandShiftIntensityd(keys="image", offsets=0.1, prob=intensity_prob),
+    ]
+    if drop_contrasts_prob > 0:
+        xforms.append(RandDropContrastsd(keys="image", prob=drop_contrasts_prob, max_drop=max_drop))
+    return Compose(xforms)
+
+
+def val_transforms(
+    inputs: Sequence[str] = DEFAULT_INPUTS,
+    targets: Sequence[str] = DEFAULT_TARGETS,
+    spacing: Sequence[float] | None = (1.0, 1.0, 1.0),
+) -> Compose:
+    """Validation pipeline: whole volumes (cropped to the brain) with label and synthesis targets.
+
+    Args:
+        inputs: contrasts fed to the network.
+        targets: contrasts to synthesise.
+        spacing: target voxel size in mm, as in training.
+
+    Returns:
+        A MONAI ``Compose``.
+    """
+    xforms = _load_and_canonicalise(["image", "label"], spacing, allow_missing_contrasts=False)
+    xforms += [
+        CropForegroundd(keys=["image", "label", "brain_mask"], source_key="brain_mask", allow_smaller=True),
+        SplitTaskd(keys="image", inputs=inputs, targets=targets),
+    ]
+    return Compose(xforms)
+
+
+def infer_transforms(
+    inputs: Sequence[str] = DEFAULT_INPUTS,
+    targets: Sequence[str] = DEFAULT_TARGETS,
+    spacing: Sequence[float] | None = (1.0, 1.0, 1.0),
+) -> Compose:
+    """Inference pipeline: images only, every step invertible so outputs return to the scan's grid.
+
+    Missing contrasts are allowed: they are zero-filled and flagged in ``channel_mask``.
+
+    Args:
+        inputs: contrasts fed to the network.
+        targets: contrasts the model synthesises (kept as ``synth_target`` when the case has them).
+        spacing: target voxel size in mm, as in training.
+
+    Returns:
+        A MONAI ``Compose``.
+    """
+    xforms = _load_and_canonicalise(["image"], spacing, allow_missing_contrasts=True)
+    xforms += [
+        CropForegroundd(keys=["image", "brain_mask"], source_key="brain_mask", allow_smaller=True),
+        SplitTaskd(keys="image", inputs=inputs, targets=targets),
+    ]
+    return Compose(xforms)
+
+
+def numpy_brain_mask(image: np.ndarray) -> np.ndarray:
+    """Brain mask of a channel-first multi-contrast array (any channel non-zero)."""
+    return np.any(np.asarray(image) != 0, axis=0)
