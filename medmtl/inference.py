@@ -27,6 +27,7 @@ from monai.transforms import MapTransform
 from medmtl.contrasts import CONTRASTS, canonical
 from medmtl.io import atomic_path
 from medmtl.labels import OUTPUT_CONVENTIONS, REGIONS, regions_to_label
+from medmtl.transforms import SOURCE_MASK_KEY
 
 #: Where the shipped bundle lives in a source checkout.
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "brats_mtl"
@@ -129,7 +130,8 @@ def pending_cases(
 def shard(entries: Sequence[dict]) -> list[dict]:
     """This rank's share of the cases under ``torchrun`` (all of them in a single process).
 
-    Uses MONAI's ``partition_dataset``: contiguous, non-overlapping shards, one per rank.
+    Uses MONAI's ``partition_dataset``: interleaved, non-overlapping shards, one per rank (ranks
+    beyond the number of cases get none).
 
     Args:
         entries: all cases.
@@ -143,8 +145,136 @@ def shard(entries: Sequence[dict]) -> list[dict]:
     rank = int(os.environ.get("RANK", "0"))
     if world <= 1 or not entries:
         return list(entries)
-    parts = partition_dataset(list(entries), num_partitions=world, shuffle=False, even_divisible=False)
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} is outside 0..{world - 1} (WORLD_SIZE={world})")
+    # partition_dataset refuses more partitions than items; the surplus ranks simply have nothing to do.
+    parts = partition_dataset(
+        list(entries), num_partitions=min(world, len(entries)), shuffle=False, even_divisible=False
+    )
     return parts[rank] if rank < len(parts) else []
+
+
+def _entry_files(entry: Mapping[str, Any]) -> list[str]:
+    image = entry.get("image")
+    return [str(f) for f in (image if isinstance(image, (list, tuple)) else [image]) if f]
+
+
+def check_cases(entries: Sequence[dict], inputs: Sequence[str], input_mask: bool) -> list[dict]:
+    """Check, before any work, that every case can be run by the model; return the entries unchanged.
+
+    Cheap checks only (no voxel data are read): the image files exist, and the case holds every
+    input contrast of a model trained without an input mask (with one, a missing input is allowed,
+    zero-filled and flagged, but at least one input must be there).
+
+    Args:
+        entries: datalist-style entries (``case_id``, ``image``, ``contrasts``).
+        inputs: the model's input contrasts.
+        input_mask: whether the model was trained with an input mask.
+
+    Returns:
+        ``entries``.
+
+    Raises:
+        FileNotFoundError: when an image file does not exist, naming the case and the file.
+        ValueError: when a case lacks an input contrast the model needs, naming the case's folder.
+    """
+    wanted = [canonical(c) for c in inputs]
+    for entry in entries:
+        cid = entry.get("case_id", "?")
+        files = _entry_files(entry)
+        if not files:
+            raise ValueError(f"case {cid}: no image file in its entry {dict(entry)}")
+        for f in files:
+            if not Path(f).is_file():
+                raise FileNotFoundError(f"case {cid}: image file {f} does not exist")
+        present = [canonical(c) for c in entry.get("contrasts") or CONTRASTS]
+        absent = [c for c in wanted if c not in present]
+        where = Path(files[0]).parent
+        if absent and (not input_mask or len(absent) == len(wanted)):
+            need = "all of" if not input_mask else "at least one of"
+            why = " (it was trained without an input mask)" if not input_mask else ""
+            raise ValueError(
+                f"case {cid} ({where}): missing input contrast(s) {', '.join(absent)} "
+                f"(found {', '.join(present)}); this model needs {need} {', '.join(wanted)}{why}"
+            )
+    return list(entries)
+
+
+def existing_outputs(
+    entries: Sequence[dict], out_dir: str | os.PathLike, targets: Sequence[str]
+) -> list[str]:
+    """Output files of these cases that already exist in ``out_dir``.
+
+    Args:
+        entries: entries with ``case_id``.
+        out_dir: output folder.
+        targets: synthesised contrasts.
+
+    Returns:
+        The existing paths.
+    """
+    return [
+        str(p)
+        for e in entries
+        for p in output_paths(out_dir, str(e["case_id"]), targets).values()
+        if p.exists()
+    ]
+
+
+def check_output_dir(out_dir: str | os.PathLike) -> Path:
+    """Check that the output folder is, or can be created as, a writable folder (creates nothing).
+
+    Args:
+        out_dir: the output folder.
+
+    Returns:
+        The absolute folder.
+
+    Raises:
+        FileExistsError: when the path is an existing file.
+        PermissionError: when the folder, or the nearest existing folder above it, is not writable.
+    """
+    out = Path(out_dir).absolute()
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"output folder {out} is a file; expected a folder")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise FileExistsError(f"cannot create output folder {out}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "output folder" if existing == out else f"cannot create {out}: folder"
+        raise PermissionError(f"{what} {existing} is not writable")
+    return out
+
+
+#: Errors a user can act on; the CLI reports them in one line.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+    ValueError,
+)
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """The user error (missing file, bad case, existing output, ...) behind a wrapped exception.
+
+    MONAI's bundle parser and ``Compose`` wrap what a config expression or a transform raises in a
+    ``RuntimeError``; the cause chain still holds the original, whose message says what is wrong.
+
+    Args:
+        err: the exception caught.
+
+    Returns:
+        The first exception of a :data:`USER_ERRORS` type in the chain, or None.
+    """
+    seen: set[int] = set()
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, USER_ERRORS):
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def _source_reference(d: Mapping[Hashable, Any]) -> str:
@@ -155,6 +285,46 @@ def _source_reference(d: Mapping[Hashable, Any]) -> str:
     if not src:
         raise ValueError("cannot find the source scan of this case (image meta has no filename)")
     return str(src)
+
+
+def _output_mask(d: Mapping[Hashable, Any]) -> np.ndarray | None:
+    """The brain mask in the source grid: the scan's own non-zero voxels, else the inverted mask."""
+    for key in (SOURCE_MASK_KEY, "brain_mask"):
+        if d.get(key) is not None:
+            return np.asarray(torch.as_tensor(d[key]).detach().cpu())[0] > 0.5
+    return None
+
+
+def case_outputs(
+    d: Mapping[Hashable, Any], targets: Sequence[str], threshold: float = 0.5
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Turn one case's inverted predictions into output arrays in the source grid.
+
+    Regions and synthesised images are set to zero outside the brain (the voxels where any contrast
+    of the source scan is non-zero), where BraTS scans are skull-stripped to exact zeros.
+
+    Args:
+        d: a case after postprocessing: ``seg`` (3, H, W, D) probabilities, optional ``synth``
+            (len(targets), H, W, D), and ``source_brain_mask`` or ``brain_mask`` (1, H, W, D).
+        targets: names of the synthesised contrasts, in the order of the ``synth`` channels.
+        threshold: probability threshold for the regions.
+
+    Returns:
+        ``(probabilities float32 (3, H, W, D), regions uint8 (3, H, W, D), {contrast: float32 image})``.
+    """
+    prob = np.asarray(torch.as_tensor(d["seg"]).detach().cpu(), dtype=np.float32)
+    regions = (prob > threshold).astype(np.uint8)
+    brain = _output_mask(d)
+    if brain is not None:
+        if brain.shape != prob.shape[1:]:
+            raise ValueError(f"brain mask grid {brain.shape} != prediction grid {prob.shape[1:]}")
+        regions &= brain[None].astype(np.uint8)
+    synth: dict[str, np.ndarray] = {}
+    if d.get("synth") is not None:
+        images = np.asarray(torch.as_tensor(d["synth"]).detach().cpu(), dtype=np.float32)
+        for i, c in enumerate(targets):
+            synth[c] = np.where(brain, images[i], np.float32(0)) if brain is not None else images[i]
+    return prob, regions, synth
 
 
 class WriteCaseOutputsd(MapTransform):
@@ -222,27 +392,19 @@ class WriteCaseOutputsd(MapTransform):
         conv = self.output_convention or d.get("convention") or self.default_convention
         conv = conv if conv in OUTPUT_CONVENTIONS else "brats2023"
         shape = tuple(ref.shape[:3])
-        brain = d.get("brain_mask")
-        brain_np = None if brain is None else (np.asarray(brain.detach().cpu())[0] > 0.5)
+        if tuple(d["seg"].shape[1:]) != shape:
+            raise ValueError(
+                f"case {case_id}: prediction grid {tuple(d['seg'].shape[1:])} != source {source} grid {shape}"
+            )
+        prob, regions, synth = case_outputs(d, self.targets, self.threshold)
 
         arrays: dict[str, tuple[np.ndarray, Any]] = {}
-        prob = np.asarray(d["seg"].detach().cpu(), dtype=np.float32)
-        if prob.shape[1:] != shape:
-            raise ValueError(
-                f"case {case_id}: prediction grid {prob.shape[1:]} != source {source} grid {shape}"
-            )
-        regions = (prob > self.threshold).astype(np.uint8)
-        if brain_np is not None:
-            regions &= brain_np[None].astype(np.uint8)
         if self.write_regions:
             arrays["seg"] = (np.moveaxis(regions, 0, -1), np.uint8)
         else:
             arrays["seg"] = (regions_to_label(regions, conv)[0], np.uint8)
-        if "synth" in d:
-            synth = np.asarray(d["synth"].detach().cpu(), dtype=np.float32)
-            for i, c in enumerate(self.targets):
-                img = synth[i] * brain_np if brain_np is not None else synth[i]
-                arrays[c] = (img.astype(np.float32), np.float32)
+        for c, img in synth.items():
+            arrays[c] = (img, np.float32)
         if self.write_probabilities:
             paths["prob"] = self.out_dir / f"{case_id}_prob.nii.gz"
             arrays["prob"] = (np.moveaxis(prob, 0, -1), np.float32)
@@ -423,8 +585,15 @@ def case_entry(case: str | os.PathLike | Mapping[str, Any], case_id: str | None 
             raise ValueError(f"no contrast files given in {dict(case)}")
         first = next(iter(images.values()))
         cid = case_id or _stem_id(first)
+        # Loose files name no release: their outputs use BraTS 2023 label values unless asked otherwise.
         found = Case(
-            case_id=cid, patient_id=cid, dataset="files", layout="files", root=Path("/"), images=images
+            case_id=cid,
+            patient_id=cid,
+            dataset="files",
+            layout="brats2023",
+            root=Path("/"),
+            images=images,
+            convention="brats2023",
         )
         root = Path("/")
     else:
@@ -442,7 +611,8 @@ def case_entry(case: str | os.PathLike | Mapping[str, Any], case_id: str | None 
         found, root = cases[0], Path(cases[0].root)
     report = validate_case(found, allow_missing=True)
     if not report.ok:
-        raise ValueError(f"case {found.case_id}: {report.reason()}")
+        where = "" if isinstance(case, Mapping) else f" ({root.resolve()})"  # loose files are named in full
+        raise ValueError(f"case {found.case_id}{where}: {report.reason()}")
     entry = datalist_entry(found, report)
     entry.pop("missing", None)
     absolute = lambda p: str((root / p).resolve())  # noqa: E731
@@ -527,7 +697,10 @@ class MultiTaskModel:
         self.postprocessing = parser.get_parsed_content("postprocessing")
         self.device = parser.get_parsed_content("device")
         self.targets = list(parser.get_parsed_content("target_contrasts"))
+        self.inputs = list(parser.get_parsed_content("input_contrasts"))
         self.use_mask = bool(parser.get_parsed_content("input_mask"))
+        # The bundle's evaluator runs the network under CUDA autocast when ``amp``; so does predict.
+        self.amp = bool(parser.get_parsed_content("amp"))
         parser.get_parsed_content("load_weights")
         self.network.eval()
 
@@ -535,24 +708,38 @@ class MultiTaskModel:
         self,
         case: str | os.PathLike | Mapping[str, Any],
         affine: np.ndarray | None = None,
-        convention: str = "brats2023",
+        convention: str | None = None,
     ) -> Prediction:
         """Segment and synthesise one case without writing files.
+
+        Runs the bundle's preprocessing, inferer and postprocessing, and turns the result into arrays
+        exactly as ``medmtl infer`` writes them.
 
         Args:
             case: a case folder, a mapping ``{contrast: path}``, or ``{contrast: array}`` (3D arrays
                 on one grid; then ``affine`` gives that grid, identity when omitted).
             affine: voxel-to-world matrix for array input.
-            convention: label convention of the returned map (``brats2021`` or ``brats2023``).
+            convention: label convention of the returned map (``brats2021`` or ``brats2023``); by
+                default the input's (from its layout or label map), BraTS 2023 for arrays.
 
         Returns:
             A :class:`Prediction` in the input's grid.
+
+        Raises:
+            FileNotFoundError: for a missing folder or file.
+            ValueError: for an unusable case (unreadable or non-3D file, grids that differ, a missing
+                input contrast the model cannot do without), naming the file.
         """
+        if convention is not None and convention not in OUTPUT_CONVENTIONS:
+            raise ValueError(f"convention must be one of {list(OUTPUT_CONVENTIONS)}, got {convention!r}")
         with tempfile.TemporaryDirectory(prefix="medmtl_") as tmp:
             if isinstance(case, Mapping) and any(isinstance(v, np.ndarray) for v in case.values()):
                 case = _arrays_to_files(case, affine, Path(tmp))
             entry = case_entry(case)
-            entry["label_convention"] = convention
+            check_cases([entry], self.inputs, self.use_mask)
+            conv = convention or entry.get("label_convention") or "brats2023"
+            conv = conv if conv in OUTPUT_CONVENTIONS else "brats2023"
+            entry["label_convention"] = conv
             entry.pop("label", None)
             data = self.preprocessing(entry)
             batch = {
@@ -560,26 +747,23 @@ class MultiTaskModel:
                 for k, v in data.items()
             }
             kwargs = {"channel_mask": batch["channel_mask"]} if self.use_mask else {}
-            with torch.inference_mode():
+            with (
+                torch.inference_mode(),
+                torch.autocast("cuda", enabled=self.amp and self.device.type == "cuda"),
+            ):
                 pred = self.inferer(batch["image"], self.network, **kwargs)
             out = dict(data)
             out["pred"] = {k: v[0].cpu() for k, v in pred.items()}
             out = self.postprocessing(out)
             ref = nib.load(_source_reference(out))
-            prob = np.asarray(out["seg"], dtype=np.float32)
-            brain = np.asarray(out["brain_mask"])[0] > 0.5
-            regions = (prob > 0.5) & brain[None]
-            synth = {}
-            if "synth" in out:
-                for i, c in enumerate(self.targets):
-                    synth[c] = np.asarray(out["synth"][i], dtype=np.float32) * brain
+            prob, regions, synth = case_outputs(out, self.targets)
             return Prediction(
                 case_id=str(entry["case_id"]),
-                seg=regions_to_label(regions.astype(np.uint8), convention)[0],
+                seg=regions_to_label(regions, conv)[0],
                 probabilities=prob,
                 synth=synth,
                 affine=np.asarray(ref.affine),
-                convention=convention,
+                convention=conv,
             )
 
 
@@ -664,19 +848,33 @@ def bundle_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli_main(args: argparse.Namespace) -> int:
-    """Run ``medmtl infer``: build the case list, then run the bundle's inference config on it."""
+    """Run ``medmtl infer``: check cases and output folder up front, then run the bundle's inference config.
+
+    Everything a user can get wrong (a missing, unreadable, 2D/4D or corrupt file, contrasts on
+    different grids, a missing input contrast, an existing output without ``--overwrite``, an
+    unwritable output folder) is reported before any output is written.
+    """
     from monai.bundle import run
 
     explicit = {c: getattr(args, c) for c in CONTRASTS if getattr(args, c, None)}
     if not (args.cases or args.datalist or explicit):
         raise ValueError("give case folders, --datalist, or explicit --t1n/--t1c/--t2w/--t2f files")
     bundle = Path(args.bundle).resolve()
+    config = bundle / "configs" / "inference.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{config} not found: {bundle} is not a medmtl bundle")
+    model = read_model_config(bundle / "models" / "model_config.json")
+    targets = [canonical(c) for c in model["target_contrasts"]]
+    out = check_output_dir(args.out)
     ov = bundle_overrides(args)
     if args.datalist:
+        entries = datalist_cases(args.datalist, args.dataset_dir, args.section)
         ov["datalist"] = str(Path(args.datalist).resolve())
         if args.dataset_dir:
             ov["dataset_dir"] = str(Path(args.dataset_dir).resolve())
         ov["section"] = args.section
+        # Finished cases are skipped (a cohort run resumes); only the rest is checked.
+        entries = pending_cases(shard(entries), out, targets, args.overwrite)
     else:
         entries = [case_entry(c) for c in args.cases]
         if explicit:
@@ -685,11 +883,24 @@ def cli_main(args: argparse.Namespace) -> int:
         if len(set(ids)) != len(ids):
             raise ValueError(f"two inputs share a case id: {ids}")
         ov["cases"] = entries
-    run(
-        config_file=str(bundle / "configs" / "inference.json"),
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=str(bundle / "configs" / "logging.conf"),
-        bundle_root=str(bundle),
-        **ov,
-    )
+    check_cases(entries, model["input_contrasts"], bool(model["input_mask"]))
+    if not args.overwrite:
+        existing = existing_outputs(entries, out, targets)
+        if existing:
+            raise FileExistsError(
+                f"{len(existing)} output file(s) exist, e.g. {existing[0]}; use --overwrite to replace them"
+            )
+    try:
+        run(
+            config_file=str(config),
+            meta_file=str(bundle / "configs" / "metadata.json"),
+            logging_file=str(bundle / "configs" / "logging.conf"),
+            bundle_root=str(bundle),
+            **ov,
+        )
+    except RuntimeError as err:
+        cause = user_error(err)
+        if cause is None:
+            raise
+        raise cause from None
     return 0

@@ -80,9 +80,13 @@ def detect_convention(values: Iterable[int], default: str | None = None) -> str 
         ``"brats2021"``, ``"brats2023"`` or ``default``.
 
     Raises:
-        ValueError: when the values fit no convention (e.g. both 3 and 4, or 5).
+        ValueError: when the values fit no convention (e.g. both 3 and 4, 5, or a non-integer like 2.5).
     """
-    vals = {int(v) for v in values}
+    raw = {float(v) for v in values}
+    fractional = sorted(v for v in raw if not v.is_integer())
+    if fractional:
+        raise ValueError(f"label values {fractional[:5]} are not integers; a label map holds integer labels")
+    vals = {int(v) for v in raw}
     unknown = vals - {0, 1, 2, 3, 4}
     if unknown or {3, 4} <= vals:
         raise ValueError(
@@ -105,16 +109,50 @@ def _to_brats2021(label: Any, convention: str) -> Any:
     return MapLabelValue(orig_labels=[src[n] for n in names], target_labels=[dst[n] for n in names])(label)
 
 
-def label_to_regions(label: Any, convention: str) -> Any:
+def check_label_values(label: Any, convention: str) -> None:
+    """Refuse a label map holding values outside its convention.
+
+    Such values would be dropped or counted as the wrong class by :func:`label_to_regions` (e.g. a
+    BraTS 2023 map, ET = 3, declared BraTS 2018-21 loses its enhancing tumour).
+
+    Args:
+        label: label map, numpy or torch.
+        convention: the convention it is declared in.
+
+    Raises:
+        ValueError: naming the stray values and the values allowed.
+    """
+    allowed = sorted(allowed_values(convention))
+    if isinstance(label, torch.Tensor):
+        outside = label[~torch.isin(label, torch.tensor(allowed, dtype=label.dtype, device=label.device))]
+        stray = sorted({float(v) for v in torch.unique(outside).tolist()})
+    else:
+        arr = np.asarray(label)
+        stray = sorted({float(v) for v in np.unique(arr[~np.isin(arr, allowed)]).tolist()})
+    if stray:
+        raise ValueError(
+            f"label values {stray} do not belong to the {convention} convention "
+            f"(expected a subset of {allowed})"
+        )
+
+
+def label_to_regions(label: Any, convention: str, strict: bool = False) -> Any:
     """Turn a label map into the nested region masks (TC, WT, ET).
 
     Args:
         label: label map, shape (H, W, D) or (1, H, W, D), numpy or torch.
         convention: the label convention of ``label``.
+        strict: refuse values outside ``convention`` (see :func:`check_label_values`); otherwise
+            they belong to no region, except a 4 in a BraTS 2023 / MSD map, which counts as ET.
 
     Returns:
         Boolean masks of shape (3, H, W, D) in the order of :data:`REGIONS`.
+
+    Raises:
+        ValueError: with ``strict``, when the map holds values outside ``convention``.
     """
+    if strict:
+        check_label_values(label, convention)
     return ConvertToMultiChannelBasedOnBratsClasses(et_label=4)(_to_brats2021(label, convention))
 
 
@@ -183,7 +221,8 @@ class LabelToRegionsd(MapTransform, _ConventionMixin):
     The convention is read per case from ``data[convention_key]`` (the pipelines copy a datalist's
     ``label_convention`` there, because MONAI's spatial transforms treat keys named ``label_*`` as
     meta dictionaries), falling back to ``convention``. Uses MONAI's
-    ``ConvertToMultiChannelBasedOnBratsClasses``.
+    ``ConvertToMultiChannelBasedOnBratsClasses``. A value outside the convention is an error, so a
+    wrongly declared convention cannot silently drop or mislabel a tumour class.
 
     Args:
         keys: keys of the label maps.
@@ -207,7 +246,7 @@ class LabelToRegionsd(MapTransform, _ConventionMixin):
         d = dict(data)
         conv = self._convention(d)
         for key in self.key_iterator(d):
-            regions = label_to_regions(d[key], conv)
+            regions = label_to_regions(d[key], conv, strict=True)
             d[key] = regions.float() if isinstance(regions, torch.Tensor) else regions.astype(np.float32)
             if hasattr(data[key], "meta") and hasattr(d[key], "meta"):
                 d[key].meta = data[key].meta  # keep affine and filename for inversion / saving
@@ -272,6 +311,7 @@ __all__: Sequence[str] = (
     "check_convention",
     "allowed_values",
     "detect_convention",
+    "check_label_values",
     "label_to_regions",
     "regions_to_label",
     "convert_convention",

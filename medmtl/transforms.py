@@ -4,6 +4,7 @@ Data flow of one case (keys as in DESIGN.md)::
 
     datalist entry {"image": [t1n, t1c, t2w, t2f] | 4D file, "contrasts": [...], "label", "label_convention"}
       -> LoadImaged + EnsureChannelFirstd          image (C, H, W, D), label (1, H, W, D)
+      -> (inference) BrainMaskd                    "source_brain_mask" in the scan's own voxels
       -> ReorderContrastsd                         image in canonical order t1n, t1c, t2w, t2f; "available"
       -> Orientationd(RAS) + Spacingd              (bilinear images, nearest labels)
       -> BrainMaskd                                "brain_mask": voxels where any contrast is non-zero
@@ -125,8 +126,11 @@ class BrainMaskd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
-            mask = (img != 0).any(dim=0, keepdim=True).float()
-            d[self.mask_key] = MetaTensor(mask, meta=img.meta) if isinstance(img, MetaTensor) else mask
+            if isinstance(img, torch.Tensor):
+                mask = (img != 0).any(dim=0, keepdim=True).float()
+                d[self.mask_key] = MetaTensor(mask, meta=img.meta) if isinstance(img, MetaTensor) else mask
+            else:
+                d[self.mask_key] = np.any(np.asarray(img) != 0, axis=0, keepdims=True).astype(np.float32)
             break
         return d
 
@@ -141,6 +145,8 @@ class SplitTaskd(MapTransform):
         target_key: output key of the targets.
         mask_key: output key of the (len(inputs),) channel mask: 1 where the input contrast is real.
         available_key: key of the availability vector written by :class:`ReorderContrastsd`.
+        require_inputs: raise an error naming the case when an input contrast is missing (for models
+            that cannot be told which inputs are absent); otherwise it stays zero and is flagged.
         allow_missing_keys: don't raise for absent keys.
     """
 
@@ -152,6 +158,7 @@ class SplitTaskd(MapTransform):
         target_key: str = "synth_target",
         mask_key: str = "channel_mask",
         available_key: str = "available",
+        require_inputs: bool = False,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -160,10 +167,18 @@ class SplitTaskd(MapTransform):
         self.in_idx = [CONTRASTS.index(c) for c in self.inputs]
         self.tg_idx = [CONTRASTS.index(c) for c in self.targets]
         self.target_key, self.mask_key, self.available_key = target_key, mask_key, available_key
+        self.require_inputs = require_inputs
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         available = d.get(self.available_key, torch.ones(len(CONTRASTS)))
+        if self.require_inputs:
+            absent = [c for c, i in zip(self.inputs, self.in_idx) if float(available[i]) <= 0]
+            if absent:
+                raise ValueError(
+                    f"case {d.get('case_id', '?')}: input contrast(s) {absent} missing; this model needs "
+                    f"all of {self.inputs} (it was trained without an input mask)"
+                )
         for key in self.key_iterator(d):
             img = d[key]
             if img.shape[0] != len(CONTRASTS):
@@ -220,7 +235,7 @@ class RandDropContrastsd(Randomizable, MapTransform):
             mask = torch.as_tensor(d.get(self.mask_key, torch.ones(img.shape[0]))).clone().float()
             self.randomize(img.shape[0], [i for i in range(img.shape[0]) if mask[i] > 0])
             if self._drop:
-                img = img.clone()
+                img = img.clone() if isinstance(img, torch.Tensor) else np.array(img, copy=True)
                 img[self._drop] = 0
                 mask[self._drop] = 0
             d[key], d[self.mask_key] = img, mask
@@ -231,6 +246,7 @@ def _load_and_canonicalise(
     keys: Sequence[str],
     spacing: Sequence[float] | None,
     allow_missing_contrasts: bool,
+    source_mask_key: str | None = None,
 ) -> list:
     label_keys = [k for k in keys if k != "image"]
     xforms: list = [
@@ -241,6 +257,12 @@ def _load_and_canonicalise(
         LoadImaged(keys=list(keys), image_only=True, allow_missing_keys=True),
         EnsureChannelFirstd(keys=list(keys), allow_missing_keys=True),
         EnsureTyped(keys=list(keys), dtype=torch.float32, allow_missing_keys=True),
+    ]
+    if source_mask_key:
+        # The brain in the scan's own voxels: outputs are masked with it exactly, which a mask
+        # resampled to the model's grid and back would not do at the brain's edge.
+        xforms.append(BrainMaskd(keys="image", mask_key=source_mask_key))
+    xforms += [
         ReorderContrastsd(keys="image", allow_missing=allow_missing_contrasts),
         Orientationd(keys=list(keys), axcodes="RAS", allow_missing_keys=True),
     ]
@@ -339,27 +361,38 @@ def val_transforms(
     return Compose(xforms)
 
 
+#: Key of the brain mask in the scan's own grid, kept beside the transformed image by inference.
+SOURCE_MASK_KEY = "source_brain_mask"
+
+
 def infer_transforms(
     inputs: Sequence[str] = DEFAULT_INPUTS,
     targets: Sequence[str] = DEFAULT_TARGETS,
     spacing: Sequence[float] | None = (1.0, 1.0, 1.0),
+    allow_missing_inputs: bool = False,
 ) -> Compose:
     """Inference pipeline: images only, every step invertible so outputs return to the scan's grid.
 
-    Missing contrasts are allowed: they are zero-filled and flagged in ``channel_mask``.
+    Missing target contrasts are expected (they are what the model synthesises). A missing input
+    contrast is zero-filled and flagged in ``channel_mask`` when ``allow_missing_inputs`` (models
+    trained with an input mask), and an error otherwise. ``source_brain_mask`` holds the brain mask
+    in the scan's own voxels (not resampled), for masking the outputs there.
 
     Args:
         inputs: contrasts fed to the network.
         targets: contrasts the model synthesises (kept as ``synth_target`` when the case has them).
         spacing: target voxel size in mm, as in training.
+        allow_missing_inputs: accept cases lacking an input contrast.
 
     Returns:
         A MONAI ``Compose``.
     """
-    xforms = _load_and_canonicalise(["image"], spacing, allow_missing_contrasts=True)
+    xforms = _load_and_canonicalise(
+        ["image"], spacing, allow_missing_contrasts=True, source_mask_key=SOURCE_MASK_KEY
+    )
     xforms += [
         CropForegroundd(keys=["image", "brain_mask"], source_key="brain_mask", allow_smaller=True),
-        SplitTaskd(keys="image", inputs=inputs, targets=targets),
+        SplitTaskd(keys="image", inputs=inputs, targets=targets, require_inputs=not allow_missing_inputs),
     ]
     return Compose(xforms)
 
