@@ -173,12 +173,20 @@ class PCGradIteration:
         inputs, targets, args, kwargs = engine.prepare_batch(
             batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs
         )
+        # Plain tensors: gradient surgery stacks per-task gradients, which MetaTensor would try to batch.
+        inputs = _plain(inputs)
+        targets = {k: _plain(v) for k, v in targets.items()}
+        kwargs = {k: _plain(v) for k, v in kwargs.items()}
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=True)
         pred = engine.inferer(inputs, engine.network, *args, **kwargs)
         total = engine.loss_function.backward(pred, targets, self.shared, self.other)
         engine.optimizer.step()
         return {Keys.IMAGE: inputs, Keys.LABEL: targets, Keys.PRED: pred, Keys.LOSS: total.detach()}
+
+
+def _plain(x: Any) -> Any:
+    return x.as_tensor() if hasattr(x, "as_tensor") else x
 
 
 def trainable_parameters(*modules: torch.nn.Module) -> list[torch.nn.Parameter]:

@@ -26,6 +26,7 @@ TINY = {
     "val_roi_size": [48, 48, 32],
     "num_samples": 1,
     "val_interval": 1,
+    "log_interval": 1,
     "num_workers": 0,
     "network_kwargs": {"features": [4, 8, 16, 32]},
 }
@@ -197,3 +198,31 @@ def test_two_process_gloo_ddp(phantom_data, tmp_path):
     out = _run(cmd, timeout=400)
     assert (tmp_path / "models" / "model.pt").is_file(), out.stdout[-2000:]
     assert "epoch=1" in latest_checkpoint(tmp_path / "models")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"weighting": "uncertainty"},
+        {"weighting": "pcgrad"},
+        {
+            "drop_contrasts_prob": 0.7,
+            "input_contrasts": ["t1n", "t1c", "t2w", "t2f"],
+            "target_contrasts": ["t1c"],
+        },
+    ],
+    ids=["uncertainty", "pcgrad", "random_missing"],
+)
+def test_weighting_and_missing_contrast_modes_train(phantom_data, tmp_path, extra):
+    run_dir = tmp_path / "run"
+    out = _run(_train_cmd(phantom_data, run_dir, "plain", 1, extra))
+    log = out.stdout + out.stderr
+    assert (run_dir / "models" / "model.pt").is_file(), log[-2000:]
+    ckpt = torch.load(latest_checkpoint(run_dir / "models"), map_location="cpu", weights_only=True)
+    if extra.get("weighting") == "uncertainty":
+        # the learned log-variances are optimised and checkpointed with the network
+        learned = [v for k, v in ckpt["loss"].items() if "log" in k]
+        assert learned and any(float(v.abs().max()) > 0 for v in learned), ckpt["loss"]
+    cfg = json.loads((run_dir / "models" / "model_config.json").read_text())
+    assert cfg["input_mask"] is bool(extra.get("drop_contrasts_prob"))
+    assert "weight_seg" in log and "weight_gen" in log  # each task's loss and weight is logged
