@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("medmtl.training", "train the bundle: staged schedule, one stage, or an ablation"),
     "infer": ("medmtl.inference", "sliding-window inference: seg + synthesised contrasts as NIfTI"),
     "evaluate": ("medmtl.evaluation", "score predictions: metrics.csv, summary.json, report.md, figures"),
+    "export": ("medmtl.export", "export the trained network to TorchScript or ONNX"),
     "demo": ("medmtl.demo", "the whole pipeline on built-in synthetic data (CPU, a few minutes)"),
 }
 

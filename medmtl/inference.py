@@ -819,6 +819,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--overlap", type=float, help="sliding-window overlap")
     parser.add_argument("--sw-batch-size", type=int, help="windows per forward pass")
+    parser.add_argument("--exported", help="run a TorchScript/ONNX file from `medmtl export`, not model.pt")
     for c in CONTRASTS:
         parser.add_argument(f"--{c}", help=f"explicit {c} file (instead of a case folder)")
 
@@ -826,6 +827,12 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 def bundle_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Config overrides from CLI arguments (shared by ``medmtl infer`` and the demo)."""
     ov: dict[str, Any] = {"output_dir": str(Path(args.out).resolve())}
+    if getattr(args, "exported", None):
+        from medmtl.export import inference_overrides
+
+        if not Path(args.exported).is_file():
+            raise FileNotFoundError(f"exported model {args.exported} does not exist")
+        ov.update(inference_overrides(args.exported))
     if getattr(args, "overwrite", False):
         ov["overwrite"] = True
     if getattr(args, "tta", False):
