@@ -41,15 +41,10 @@ if str(REPO) not in sys.path:
 
 TRAIN_JSON = REPO / "bundles" / "brats_mtl" / "configs" / "train.json"
 INFER_JSON = REPO / "bundles" / "brats_mtl" / "configs" / "inference.json"
-CONTRASTS = ("t1n", "t1c", "t2w", "t2f")
-MONAI_BRATS_NET = {
-    "blocks_down": (1, 2, 2, 4),
-    "blocks_up": (1, 1, 1),
-    "init_filters": 16,
-    "in_channels": 4,
-    "out_channels": 3,
-    "dropout_prob": 0.2,
-}
+from common import MONAI_BRATS_NET  # noqa: E402  (benchmarks/ is the script's folder)
+
+from medmtl.contrasts import CONTRASTS  # noqa: E402
+
 TARGET_INFER_S = 1.0
 TARGET_STEPS_PER_S = 5.0
 

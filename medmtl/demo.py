@@ -7,7 +7,6 @@ on the held-out fold -> evaluation (Dice, HD95, SSIM, PSNR, with a naive baselin
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -105,16 +104,15 @@ def run_demo(
     t = _step(f"4/5 infer: whole-volume sliding window on the held-out fold -> {pred_dir}")
     from monai.bundle import run
 
-    val_cases = [e for e in json.loads(datalist.read_text())["training"] if e.get("fold") == 0]
     from medmtl.datalist import load_datalist
 
-    entries = load_datalist(datalist, data_dir, section="training", folds=[0])
+    val_cases = load_datalist(datalist, data_dir, section="training", folds=[0])
     run(
         config_file=str(bundle_dir / "configs" / "inference.json"),
         meta_file=str(bundle_dir / "configs" / "metadata.json"),
         logging_file=str(bundle_dir / "configs" / "logging.conf"),
         bundle_root=str(bundle_dir),
-        cases=entries,
+        cases=val_cases,
         output_dir=str(pred_dir),
         num_workers=0,
     )

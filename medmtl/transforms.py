@@ -395,8 +395,3 @@ def infer_transforms(
         SplitTaskd(keys="image", inputs=inputs, targets=targets, require_inputs=not allow_missing_inputs),
     ]
     return Compose(xforms)
-
-
-def numpy_brain_mask(image: np.ndarray) -> np.ndarray:
-    """Brain mask of a channel-first multi-contrast array (any channel non-zero)."""
-    return np.any(np.asarray(image) != 0, axis=0)
