@@ -82,7 +82,7 @@ def run_demo(
     print(f"    {time.time() - t:.1f} s")
 
     t = _step(f"2/5 prepare: validate cases, write {datalist}")
-    prepare(data_dir, datalist, folds=DEMO_DEFAULTS["folds"], seed=seed)
+    prepare(data_dir, datalist, folds=min(DEMO_DEFAULTS["folds"], n_cases), seed=seed)
     print(f"    {time.time() - t:.1f} s")
 
     bundle_dir = out / "bundle"
