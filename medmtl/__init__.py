@@ -19,7 +19,7 @@ from medmtl.labels import REGIONS
 
 _SUBMODULES = {
     "contrasts", "datalist", "demo", "evaluation", "inference", "io", "labels", "losses", "metrics",
-    "networks", "report", "training", "transforms", "export",
+    "networks", "report", "training", "transforms", "export", "lesion_augment", "local_synthesis",
 }  # fmt: skip
 
 

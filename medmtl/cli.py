@@ -1,7 +1,7 @@
 """The ``medmtl`` command line: one subcommand per pipeline stage.
 
-Each stage lives in its own module, which provides ``add_cli_arguments(parser)`` and
-``cli_main(args) -> int``; this file only wires them together.
+Each stage lives in its own module (or an object of a module, ``module:attribute``), which provides
+``add_cli_arguments(parser)`` and ``cli_main(args) -> int``; this file only wires them together.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("medmtl.inference", "sliding-window inference: seg + synthesised contrasts as NIfTI"),
     "evaluate": ("medmtl.evaluation", "score predictions: metrics.csv, summary.json, report.md, figures"),
     "export": ("medmtl.export", "export the trained network to TorchScript or ONNX"),
+    "inpaint": ("medmtl.local_synthesis:inpaint_command", "fill a masked region with healthy tissue"),
+    "synth-lesion": ("medmtl.local_synthesis:lesion_command", "paint a tumour from a label map into a case"),
     "demo": ("medmtl.demo", "the whole pipeline on built-in synthetic data (CPU, a few minutes)"),
 }
 
@@ -38,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"medmtl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
+        module_path, _, attr = module_name.partition(":")
+        module = importlib.import_module(module_path)
+        if attr:
+            module = getattr(module, attr)
         p = sub.add_parser(
             name, help=help_text, description=(module.__doc__ or help_text).strip().split("\n")[0]
         )

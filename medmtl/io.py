@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -109,3 +109,55 @@ def write_nifti(
     with atomic_path(path, overwrite=overwrite) as tmp:
         nib.save(img, str(tmp))
     return Path(path)
+
+
+def write_nifti_group(
+    files: Mapping[str | os.PathLike, tuple[np.ndarray, Any, str | None]],
+    reference: nib.Nifti1Image,
+    sidecar_path: str | os.PathLike,
+    sidecar: Mapping[str, Any],
+) -> list[Path]:
+    """Write several NIfTI files and a JSON sidecar as one unit: all of them, or none.
+
+    Every image is first written to a temporary file beside its destination; only when all are on
+    disk are they renamed into place, the sidecar last. A failure midway leaves no new file behind.
+
+    Args:
+        files: ``{final path: (array, on-disk dtype, header description or None)}``, all in the grid
+            of ``reference``.
+        reference: the scan whose affine, qform/sform codes and units the outputs take.
+        sidecar_path: the JSON file describing the outputs.
+        sidecar: its content.
+
+    Returns:
+        The image paths written.
+    """
+    tmps: list[tuple[Path, Path]] = []
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        for final, (arr, dtype, descrip) in files.items():
+            final = Path(final)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if not os.access(final.parent, os.W_OK):
+                raise PermissionError(f"output folder {final.parent} is not writable")
+            fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".nii.gz", dir=final.parent)
+            os.close(fd)
+            tmps.append((Path(tmp), final))
+            img = nib.Nifti1Image(np.asarray(arr).astype(dtype), reference.affine)
+            img.header.set_qform(reference.affine, code=int(reference.header["qform_code"]) or 1)
+            img.header.set_sform(reference.affine, code=int(reference.header["sform_code"]) or 1)
+            img.header.set_xyzt_units(*reference.header.get_xyzt_units())
+            if descrip:
+                img.header["descrip"] = descrip.encode()[:79]
+            nib.save(img, tmp)
+            os.chmod(tmp, 0o666 & ~umask)
+        with atomic_path(sidecar_path, overwrite=True) as tmp_json:
+            tmp_json.write_text(json.dumps(dict(sidecar), indent=2) + "\n")
+            for tmp, final in tmps:
+                os.replace(tmp, final)
+    finally:
+        for tmp, _ in tmps:
+            if tmp.exists():
+                tmp.unlink()
+    return [final for _, final in tmps]

@@ -29,10 +29,14 @@ class MultiTaskPrepareBatch(PrepareBatch):
 
     Args:
         use_channel_mask: pass ``channel_mask`` (B, C) to the network (models built with input_mask).
+        loss_mask_key: batch key of the region where the synthesis loss and metrics count, given to
+            them as ``targets["brain_mask"]``: the brain by default, the blanked region for local
+            synthesis (``synth_mask``).
     """
 
-    def __init__(self, use_channel_mask: bool = False) -> None:
+    def __init__(self, use_channel_mask: bool = False, loss_mask_key: str = "brain_mask") -> None:
         self.use_channel_mask = use_channel_mask
+        self.loss_mask_key = loss_mask_key
 
     def __call__(
         self,
@@ -46,7 +50,7 @@ class MultiTaskPrepareBatch(PrepareBatch):
 
         inputs = move(batchdata["image"])
         targets = {}
-        for src, dst in (("label", "seg"), ("synth_target", "synth"), ("brain_mask", "brain_mask")):
+        for src, dst in (("label", "seg"), ("synth_target", "synth"), (self.loss_mask_key, "brain_mask")):
             if src in batchdata and isinstance(batchdata[src], torch.Tensor):
                 targets[dst] = move(batchdata[src])
         net_kwargs = {}
@@ -253,6 +257,8 @@ def write_model_config(ckpt_dir: str | os.PathLike, config: dict[str, Any]) -> s
 STAGES: tuple[str, ...] = ("pretrain_seg", "pretrain_synth", "heads", "joint")
 #: Single-task ablation configs.
 ABLATIONS: tuple[str, ...] = ("seg_only", "synth_only")
+#: Other tasks trained by a config of the same name (see :mod:`medmtl.local_synthesis`).
+TASK_CONFIGS: tuple[str, ...] = ("local_synthesis",)
 
 
 def stage_config_files(bundle: Path, stage: str, preset: str | None) -> list[str]:
@@ -260,7 +266,8 @@ def stage_config_files(bundle: Path, stage: str, preset: str | None) -> list[str
 
     Args:
         bundle: bundle folder holding ``configs/``.
-        stage: ``joint`` (plain joint training), one of :data:`STAGES` or :data:`ABLATIONS`.
+        stage: ``plain`` (joint training), one of :data:`STAGES`, :data:`ABLATIONS` or
+            :data:`TASK_CONFIGS`.
         preset: ``cpu`` or ``gpu``/None (the base config is the full-resolution GPU setting).
 
     Returns:
@@ -270,11 +277,14 @@ def stage_config_files(bundle: Path, stage: str, preset: str | None) -> list[str
     files = [cfg / "train.json"]
     if preset and preset != "gpu":
         files.append(cfg / f"{preset}.json")
-    if stage in STAGES or stage in ABLATIONS:
+    if stage in STAGES or stage in ABLATIONS or stage in TASK_CONFIGS:
         name = f"stage_{stage}.json" if stage in STAGES else f"{stage}.json"
         files.append(cfg / name)
     elif stage != "plain":
-        raise ValueError(f"unknown stage {stage!r}; expected plain, all, {list(STAGES)} or {list(ABLATIONS)}")
+        raise ValueError(
+            f"unknown stage {stage!r}; expected plain, all, {list(STAGES)}, {list(ABLATIONS)} "
+            f"or {list(TASK_CONFIGS)}"
+        )
     for f in files:
         if not f.is_file():
             raise FileNotFoundError(f"{f} not found in bundle {bundle}")
@@ -375,7 +385,8 @@ def add_cli_arguments(parser: Any) -> None:
         "--stage",
         default="all",
         help=f"all (the staged schedule {' -> '.join(STAGES)}), plain (joint from scratch), "
-        f"one of {list(STAGES)}, or an ablation {list(ABLATIONS)}",
+        f"one of {list(STAGES)}, an ablation {list(ABLATIONS)}, "
+        "or local_synthesis (healthy-tissue inpainting + lesion synthesis)",
     )
     parser.add_argument("--preset", default="cpu", choices=["cpu", "gpu"], help="cpu: 2 mm, small widths")
     parser.add_argument("--bundle", default=None, help="source bundle (default: the shipped one)")
@@ -389,9 +400,11 @@ def cli_main(args: Any) -> int:
     if args.epochs:
         overrides["max_epochs"] = args.epochs
     out = train(args.dataset_dir, args.datalist, args.out, args.stage, args.preset, args.bundle, overrides)
-    print(
-        f"medmtl train: weights in {out / 'models' / 'model.pt'}; infer with: medmtl infer --bundle {out} ..."
-    )
+    if args.stage in TASK_CONFIGS:
+        where, use = out / "models" / args.stage / "model.pt", f"medmtl inpaint / synth-lesion --bundle {out}"
+    else:
+        where, use = out / "models" / "model.pt", f"medmtl infer --bundle {out}"
+    print(f"medmtl train: weights in {where}; use them with: {use} ...")
     return 0
 
 

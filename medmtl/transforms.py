@@ -47,6 +47,7 @@ from monai.transforms import (
 
 from medmtl.contrasts import CONTRASTS, canonical_list
 from medmtl.labels import LabelToRegionsd
+from medmtl.lesion_augment import RandSyntheticLesiond
 
 #: The default task: synthesise T1 post-contrast from the non-contrast scans, and segment.
 DEFAULT_INPUTS: tuple[str, ...] = ("t1n", "t2w", "t2f")
@@ -271,10 +272,66 @@ def _load_and_canonicalise(
         xforms.append(Spacingd(keys=list(keys), pixdim=spacing, mode=modes, allow_missing_keys=True))
     xforms += [
         BrainMaskd(keys="image"),
-        LabelToRegionsd(keys=label_keys, allow_missing_keys=True) if label_keys else None,
+        # other label-like keys (a region mask) are resampled with the labels but keep their values
+        LabelToRegionsd(keys="label", allow_missing_keys=True) if "label" in label_keys else None,
         NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
     ]
     return [x for x in xforms if x is not None]
+
+
+def brain_crop_transforms(
+    keys: Sequence[str] = ("image", "label"),
+    spacing: Sequence[float] | None = (1.0, 1.0, 1.0),
+    allow_missing_contrasts: bool = False,
+    source_mask_key: str | None = None,
+) -> list:
+    """The common start of every pipeline: load, canonicalise, resample, normalise, crop to the brain.
+
+    Args:
+        keys: ``image`` first, then label-like keys (resampled with nearest neighbour; only ``label``
+            becomes TC / WT / ET regions).
+        spacing: voxel size in mm (None keeps the native grid).
+        allow_missing_contrasts: zero-fill absent contrasts instead of raising.
+        source_mask_key: also keep the brain mask in the scan's own voxels under this key.
+
+    Returns:
+        A list of MONAI transforms (to extend and wrap in ``Compose``).
+    """
+    xforms = _load_and_canonicalise(list(keys), spacing, allow_missing_contrasts, source_mask_key)
+    crop = CropForegroundd(keys=[*keys, "brain_mask"], source_key="brain_mask", allow_smaller=True)
+    return [*xforms, crop]
+
+
+def patch_transforms(
+    keys: Sequence[str],
+    label_key: str,
+    roi_size: Sequence[int],
+    num_samples: int,
+    pos: float = 1.0,
+    neg: float = 1.0,
+    flip_prob: float = 0.5,
+) -> list:
+    """Patch sampling of the training pipelines: pad, crop balanced on a mask, random flips.
+
+    Args:
+        keys: keys cropped and flipped together.
+        label_key: mask whose voxels centre the positive patches (``RandCropByPosNegLabeld``).
+        roi_size: patch size.
+        num_samples: patches per case.
+        pos: weight of patches centred in the mask.
+        neg: weight of patches centred elsewhere in the brain.
+        flip_prob: flip probability per axis.
+
+    Returns:
+        A list of MONAI transforms.
+    """
+    keys = list(keys)
+    crop = RandCropByPosNegLabeld(
+        keys=keys, label_key=label_key, spatial_size=roi_size, pos=pos, neg=neg, num_samples=num_samples,
+        image_key="brain_mask", image_threshold=0.5,
+    )  # fmt: skip
+    flips = [RandFlipd(keys=keys, prob=flip_prob, spatial_axis=axis) for axis in range(len(roi_size))]
+    return [SpatialPadd(keys=keys, spatial_size=roi_size), crop, *flips]
 
 
 def train_transforms(
@@ -289,6 +346,8 @@ def train_transforms(
     max_drop: int = 2,
     flip_prob: float = 0.5,
     intensity_prob: float = 0.5,
+    synthetic_lesion_prob: float = 0.0,
+    lesion_donors: Sequence[Any] | None = None,
 ) -> Compose:
     """Training pipeline: load, canonicalise, normalise, crop to brain, sample tumour-balanced patches.
 
@@ -304,6 +363,11 @@ def train_transforms(
         max_drop: most contrasts dropped at once.
         flip_prob: flip probability per axis.
         intensity_prob: probability of intensity scale / shift jitter on the inputs.
+        synthetic_lesion_prob: probability of pasting a synthetic glioma into a case
+            (:class:`~medmtl.lesion_augment.RandSyntheticLesiond`, applied to the whole canonical
+            4-contrast image before the task split and patch sampling); 0 leaves the pipeline as it was.
+        lesion_donors: tumours to paste instead of procedural lesions: region masks (3, x, y, z) or BraTS
+            label maps (x, y, z), numpy or torch, on the grid of ``spacing``; None for procedural ones.
 
     Returns:
         A MONAI ``Compose``.
@@ -312,24 +376,13 @@ def train_transforms(
     patch_keys = (
         ["image", "label", "synth_target", "brain_mask"] if targets else ["image", "label", "brain_mask"]
     )
-    xforms = _load_and_canonicalise(keys, spacing, allow_missing_contrasts=False)
+    xforms = brain_crop_transforms(keys, spacing)
+    if synthetic_lesion_prob > 0:
+        # Before the split, so the lesion is painted into every contrast, synthesis targets included.
+        xforms.append(RandSyntheticLesiond(prob=synthetic_lesion_prob, donors=lesion_donors))
     xforms += [
-        CropForegroundd(keys=["image", "label", "brain_mask"], source_key="brain_mask", allow_smaller=True),
         SplitTaskd(keys="image", inputs=inputs, targets=targets),
-        SpatialPadd(keys=patch_keys, spatial_size=roi_size),
-        RandCropByPosNegLabeld(
-            keys=patch_keys,
-            label_key="label",
-            spatial_size=roi_size,
-            pos=pos,
-            neg=neg,
-            num_samples=num_samples,
-            image_key="brain_mask",
-            image_threshold=0.5,
-        ),
-        RandFlipd(keys=patch_keys, prob=flip_prob, spatial_axis=0),
-        RandFlipd(keys=patch_keys, prob=flip_prob, spatial_axis=1),
-        RandFlipd(keys=patch_keys, prob=flip_prob, spatial_axis=2),
+        *patch_transforms(patch_keys, "label", roi_size, num_samples, pos, neg, flip_prob),
         RandScaleIntensityd(keys="image", factors=0.1, prob=intensity_prob),
         RandShiftIntensityd(keys="image", offsets=0.1, prob=intensity_prob),
     ]
@@ -353,12 +406,8 @@ def val_transforms(
     Returns:
         A MONAI ``Compose``.
     """
-    xforms = _load_and_canonicalise(["image", "label"], spacing, allow_missing_contrasts=False)
-    xforms += [
-        CropForegroundd(keys=["image", "label", "brain_mask"], source_key="brain_mask", allow_smaller=True),
-        SplitTaskd(keys="image", inputs=inputs, targets=targets),
-    ]
-    return Compose(xforms)
+    xforms = brain_crop_transforms(["image", "label"], spacing)
+    return Compose([*xforms, SplitTaskd(keys="image", inputs=inputs, targets=targets)])
 
 
 #: Key of the brain mask in the scan's own grid, kept beside the transformed image by inference.
@@ -387,11 +436,8 @@ def infer_transforms(
     Returns:
         A MONAI ``Compose``.
     """
-    xforms = _load_and_canonicalise(
+    xforms = brain_crop_transforms(
         ["image"], spacing, allow_missing_contrasts=True, source_mask_key=SOURCE_MASK_KEY
     )
-    xforms += [
-        CropForegroundd(keys=["image", "brain_mask"], source_key="brain_mask", allow_smaller=True),
-        SplitTaskd(keys="image", inputs=inputs, targets=targets, require_inputs=not allow_missing_inputs),
-    ]
-    return Compose(xforms)
+    split = SplitTaskd(keys="image", inputs=inputs, targets=targets, require_inputs=not allow_missing_inputs)
+    return Compose([*xforms, split])

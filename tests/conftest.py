@@ -71,12 +71,16 @@ def make_bundle(
     targets: tuple[str, ...] = ("t1c",),
     input_mask: bool = False,
     seed: int = 0,
+    in_channels: int | None = None,
+    model_dir: str = "models",
+    stage: str = "joint",
 ) -> Path:
-    """A bundle folder as training leaves it: the shipped configs, ``models/model_config.json`` and random
-    ``models/model.pt`` of the ``cpu`` preset (2 mm spacing, 64^3 windows)."""
+    """A bundle folder as training leaves it: the shipped configs, ``<model_dir>/model_config.json`` and
+    random ``model.pt`` of the ``cpu`` preset (2 mm spacing, 64^3 windows); ``in_channels`` defaults to
+    one per input contrast."""
     shutil.copytree(BUNDLE_CONFIGS, root / "configs")
     write_model_config(
-        root / "models",
+        root / model_dir,
         {
             "input_contrasts": list(inputs),
             "target_contrasts": list(targets),
@@ -86,15 +90,24 @@ def make_bundle(
             "network_preset": "cpu",
             "network_kwargs": {},
             "input_mask": input_mask,
-            "stage": "joint",
+            "stage": stage,
         },
     )
     torch.manual_seed(seed)
     net = get_network(
-        "cpu", in_channels=len(inputs), synth_channels=max(1, len(targets)), input_mask=input_mask
+        "cpu",
+        in_channels=in_channels or len(inputs),
+        synth_channels=max(1, len(targets)),
+        input_mask=input_mask,
     )
-    torch.save(net.state_dict(), root / "models" / "model.pt")
+    torch.save(net.state_dict(), root / model_dir / "model.pt")
     return root
+
+
+@pytest.fixture(scope="session")
+def bundle_factory() -> Callable[..., Path]:
+    """:func:`make_bundle`, for tests that need a bundle of another shape."""
+    return make_bundle
 
 
 @pytest.fixture(scope="session")

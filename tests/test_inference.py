@@ -501,3 +501,20 @@ def test_real_cases_of_each_layout(capsys, tiny_bundle, brats_dir, tmp_path) -> 
         assert np.all(synth[~brain] == 0) and synth.dtype == np.float32, name
         sidecar = json.loads(paths["sidecar"].read_text())
         assert sidecar["label_convention"] == name.split("_")[0]
+
+
+def test_remove_small_components_drops_specks_and_keeps_the_largest():
+    from medmtl.inference import remove_small_components
+
+    regions = np.zeros((3, 20, 20, 20), np.uint8)
+    regions[:, 2:8, 2:8, 2:8] = 1  # 216 voxels of 1 mm: 0.216 ml, with TC and ET inside
+    regions[1, 15, 15, 15:17] = 1  # a two-voxel speck of WT far away
+    regions[0, 15, 15, 15] = 1
+    out = remove_small_components(regions, (1.0, 1.0, 1.0), 0.005)
+    assert out[:, 15, 15, 15:17].sum() == 0 and out[:, 2:8, 2:8, 2:8].all()
+    # spacing is respected: at 2 mm the speck is 16 mm^3, kept by a 0.005 ml (5 mm^3) threshold
+    assert remove_small_components(regions, (2.0, 2.0, 2.0), 0.005)[1, 15, 15, 15:17].all()
+    # a threshold above every component keeps the largest one, never an empty prediction
+    big = remove_small_components(regions, (1.0, 1.0, 1.0), 10.0)
+    assert big[1].sum() == 216 and big[1, 15, 15, 15:17].sum() == 0
+    np.testing.assert_array_equal(remove_small_components(regions, (1, 1, 1), 0.0), regions)

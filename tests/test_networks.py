@@ -353,3 +353,20 @@ def test_branch_view_torch_export_matches_eager():
     exported = torch.export.export(view, (x,))
     with torch.no_grad():
         torch.testing.assert_close(exported.module()(x), view(x), atol=1e-5, rtol=0)
+
+
+def test_seg_heads_start_at_the_foreground_prior():
+    import math
+
+    from medmtl.networks import get_network
+
+    torch.manual_seed(0)
+    net = get_network("cpu", in_channels=3, synth_channels=1, deep_supervision=True, seg_prior=0.05).eval()
+    convs = [m for m in net.seg_decoder.modules() if isinstance(m, torch.nn.Conv3d) and m.out_channels == 3]
+    assert convs and all(torch.allclose(c.bias, torch.full_like(c.bias, math.log(0.05 / 0.95))) for c in convs)
+    with torch.no_grad():
+        prob = torch.sigmoid(net(torch.randn(1, 3, 32, 32, 32))["seg"])
+    # an untrained model marks little as tumour, not half the volume
+    assert float((prob > 0.5).float().mean()) < 0.2
+    with pytest.raises(ValueError, match="seg_prior"):
+        get_network("cpu", in_channels=3, seg_prior=1.5)

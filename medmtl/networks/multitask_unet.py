@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -74,6 +75,11 @@ class MultiTaskUNet(nn.Module):
         input_mask: condition the network on a ``(B, in_channels)`` 0/1 channel mask (which contrasts
             are real): absent channels are zero-filled and the stem features are FiLM-modulated by the mask,
             so one model serves any subset of contrasts.
+        seg_prior: initial foreground probability of every region channel: the seg heads' biases start
+            at ``log(p / (1 - p))`` (the prior initialisation of Lin et al., "Focal Loss for Dense Object
+            Detection", ICCV 2017). The heads project instance-normalised features, so background
+            logits sit near the bias; from 0 (p = 0.5) Adam needs thousands of steps to move it, and
+            early models mark the whole brain as tumour. ``None`` keeps PyTorch's default.
     """
 
     def __init__(
@@ -96,6 +102,7 @@ class MultiTaskUNet(nn.Module):
         vae_latent_dim: int = 128,
         vae_estimate_std: bool = True,
         input_mask: bool = False,
+        seg_prior: float | None = 0.1,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -139,6 +146,10 @@ class MultiTaskUNet(nn.Module):
         self.synth_decoder = ResidualDecoder(
             spatial_dims, features, decoder_features, blocks_up, synth_channels, **dec_kw
         )
+        if seg_prior is not None:
+            if not 0.0 < seg_prior < 1.0:
+                raise ValueError(f"seg_prior must be a probability in (0, 1), found {seg_prior}")
+            self._init_seg_bias(math.log(seg_prior / (1.0 - seg_prior)))
         self.channels_last = ChannelsLast(spatial_dims)
         self.vae: VAEBranch | None = None
         if vae:
@@ -159,6 +170,13 @@ class MultiTaskUNet(nn.Module):
             )
 
     # ------------------------------------------------------------------ helpers
+    def _init_seg_bias(self, value: float) -> None:
+        heads = [self.seg_decoder.head] + [lvl.ds_head for lvl in self.seg_decoder.levels if lvl.has_ds]
+        with torch.no_grad():
+            for head in heads:
+                conv = [m for m in head.modules() if isinstance(m, nn.modules.conv._ConvNd)][-1]
+                conv.bias.fill_(value)
+
     def _check_input(self, x: torch.Tensor, channel_mask: torch.Tensor | None) -> None:
         if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
             raise ValueError(
