@@ -363,7 +363,8 @@ def test_seg_heads_start_at_the_foreground_prior():
     torch.manual_seed(0)
     net = get_network("cpu", in_channels=3, synth_channels=1, deep_supervision=True, seg_prior=0.05).eval()
     convs = [m for m in net.seg_decoder.modules() if isinstance(m, torch.nn.Conv3d) and m.out_channels == 3]
-    assert convs and all(torch.allclose(c.bias, torch.full_like(c.bias, math.log(0.05 / 0.95))) for c in convs)
+    prior = math.log(0.05 / 0.95)
+    assert convs and all(torch.allclose(c.bias, torch.full_like(c.bias, prior)) for c in convs)
     with torch.no_grad():
         prob = torch.sigmoid(net(torch.randn(1, 3, 32, 32, 32))["seg"])
     # an untrained model marks little as tumour, not half the volume
