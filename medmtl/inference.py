@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -315,10 +316,15 @@ def remove_small_components(regions: np.ndarray, spacing: Sequence[float], min_m
     wt = regions[REGIONS.index("WT")]
     if min_ml <= 0 or not wt.any():
         return regions
-    pixdim = [float(s) for s in spacing]
-    kept = RemoveSmallObjects(min_size=min_ml * 1000.0, connectivity=3, by_measure=True, pixdim=pixdim)(
-        wt[None]
+    remove = RemoveSmallObjects(
+        min_size=min_ml * 1000.0, connectivity=3, by_measure=True, pixdim=[float(s) for s in spacing]
     )
+    with warnings.catch_warnings():
+        # MONAI hands scikit-image >= 0.26 its deprecated ``min_size``: same result, one warning per case
+        warnings.filterwarnings(
+            "ignore", message="Parameter `min_size` is deprecated", category=FutureWarning
+        )
+        kept = remove(wt[None])
     kept = np.asarray(kept)[0] > 0
     if not kept.any():
         kept = np.asarray(KeepLargestConnectedComponent(applied_labels=[1], connectivity=3)(wt[None]))[0] > 0
