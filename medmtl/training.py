@@ -220,8 +220,13 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -
         prefix: file name prefix of the interval checkpoints.
 
     Returns:
-        Path of the checkpoint with the highest epoch, or None when there is none (fresh start).
+        Path of the complete checkpoint with the highest epoch, or None when there is none (fresh start).
+        MONAI's ``CheckpointSaver`` writes in place, so a run killed while saving leaves a truncated
+        file; torch's zip format writes its central directory last, so such a file is not a complete
+        zip archive: it is skipped (with a warning) and the previous epoch's checkpoint is used.
     """
+    import zipfile
+
     folder = Path(ckpt_dir)
     if not folder.is_dir():
         return None
@@ -229,7 +234,11 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -
     for p in folder.glob(f"{prefix}*.pt"):
         digits = "".join(ch for ch in p.stem.split("=")[-1] if ch.isdigit())
         cands.append((int(digits) if digits else -1, p.stat().st_mtime, p))
-    return str(max(cands)[2]) if cands else None
+    for _, _, path in sorted(cands, reverse=True):
+        if zipfile.is_zipfile(path):
+            return str(path)
+        logger.warning("checkpoint %s is incomplete (training was stopped while saving it); skipped", path)
+    return None
 
 
 def write_model_config(ckpt_dir: str | os.PathLike, config: dict[str, Any]) -> str:

@@ -518,3 +518,21 @@ def test_remove_small_components_drops_specks_and_keeps_the_largest():
     big = remove_small_components(regions, (1.0, 1.0, 1.0), 10.0)
     assert big[1].sum() == 216 and big[1, 15, 15, 15:17].sum() == 0
     np.testing.assert_array_equal(remove_small_components(regions, (1, 1, 1), 0.0), regions)
+
+
+@pytest.mark.slow
+def test_shipped_weights_segment_every_labelled_shared_case(brats_dir):
+    """The shipped bundle, as ``medmtl infer`` runs it, finds the whole tumour (WT Dice > 0.7) everywhere."""
+    from data_prep.layouts import discover
+    from medmtl.metrics import segmentation_metrics
+
+    model = medmtl.load_model(device="cpu")
+    cases = [c for c in discover(brats_dir).cases if c.label]
+    assert len(cases) >= 15
+    for case in cases:
+        pred = model.predict(Path(case.root) / Path(case.label).parent)
+        ref = nib.load(Path(case.root) / case.label)
+        scores = segmentation_metrics(
+            pred.seg, np.asarray(ref.dataobj), pred.convention, case.convention, ref.header.get_zooms()[:3]
+        )
+        assert scores["Dice_WT"] > 0.7, (case.case_id, scores["Dice_WT"])

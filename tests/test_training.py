@@ -226,3 +226,13 @@ def test_weighting_and_missing_contrast_modes_train(phantom_data, tmp_path, extr
     cfg = json.loads((run_dir / "models" / "model_config.json").read_text())
     assert cfg["input_mask"] is bool(extra.get("drop_contrasts_prob"))
     assert "weight_seg" in log and "weight_gen" in log  # each task's loss and weight is logged
+
+
+def test_latest_checkpoint_skips_a_file_cut_short_by_a_kill(tmp_path):
+    torch.save({"model": {"w": torch.ones(3)}}, tmp_path / "checkpoint_epoch=2.pt")
+    torch.save({"model": {"w": torch.ones(3)}}, tmp_path / "checkpoint_epoch=3.pt")
+    whole = (tmp_path / "checkpoint_epoch=3.pt").read_bytes()
+    assert latest_checkpoint(tmp_path).endswith("epoch=3.pt")
+    (tmp_path / "checkpoint_epoch=3.pt").write_bytes(whole[: len(whole) // 2])  # killed while saving
+    assert latest_checkpoint(tmp_path).endswith("epoch=2.pt")
+    torch.load(latest_checkpoint(tmp_path), weights_only=True)
