@@ -41,9 +41,7 @@ if str(REPO) not in sys.path:
 
 TRAIN_JSON = REPO / "bundles" / "brats_mtl" / "configs" / "train.json"
 INFER_JSON = REPO / "bundles" / "brats_mtl" / "configs" / "inference.json"
-from common import MONAI_BRATS_NET  # noqa: E402  (benchmarks/ is the script's folder)
-
-from medmtl.contrasts import CONTRASTS  # noqa: E402
+from common import build_models  # noqa: E402  (benchmarks/ is the script's folder)
 
 TARGET_INFER_S = 1.0
 TARGET_STEPS_PER_S = 5.0
@@ -75,26 +73,9 @@ def bundle_settings() -> dict[str, Any]:
 
 
 def build(name: str, settings: dict[str, Any], roi: tuple[int, ...]) -> tuple[list, dict[str, Any]]:
-    """Networks (random weights) with the channels each reads, and sliding-window kwargs."""
-    from monai.networks.nets import SegResNet
-
-    from medmtl.networks import get_network
-
-    torch.manual_seed(0)
-    inputs = [CONTRASTS.index(c) for c in settings["input_contrasts"]]
-    if name == "medmtl":
-        net = get_network(
-            settings["network_preset"],
-            in_channels=len(inputs),
-            synth_channels=max(1, len(settings["target_contrasts"])),
-            **settings["network_kwargs"],
-        )
-        return [(net, inputs)], {"roi_size": roi, **settings["sw"]}
-    nets = [(SegResNet(spatial_dims=3, **MONAI_BRATS_NET), list(range(4)))]
-    if name == "monai+synth":
-        synth = {**MONAI_BRATS_NET, "in_channels": len(inputs), "out_channels": 1}
-        nets.append((SegResNet(spatial_dims=3, **synth), inputs))
-    return nets, {"roi_size": roi, "sw_batch_size": 1, "overlap": 0.5, "mode": "constant"}
+    """Networks (random weights) with the channels each reads, and sliding-window kwargs with ``roi``."""
+    models = build_models(name, settings)
+    return models["nets"], {**models["sw"], "roi_size": roi}
 
 
 def sync(device: torch.device) -> None:

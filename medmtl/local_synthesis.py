@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import tempfile
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,12 +77,6 @@ LOCAL_MODEL = "models/local_synthesis/model.pt"
 # Regions
 
 
-def _ball(radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
-    r = [max(0, int(np.floor(radius_mm / s))) for s in spacing]
-    grid = np.ogrid[tuple(slice(-k, k + 1) for k in r)]
-    return sum((g * s / radius_mm) ** 2 for g, s in zip(grid, spacing)) <= 1.0
-
-
 def lesion_region(whole_tumour: np.ndarray, spacing: Sequence[float], margin_mm: float = LESION_MARGIN_MM):
     """The region blanked for lesion synthesis: the whole tumour dilated by ``margin_mm``.
 
@@ -96,7 +91,7 @@ def lesion_region(whole_tumour: np.ndarray, spacing: Sequence[float], margin_mm:
     wt = np.asarray(whole_tumour, bool)
     if margin_mm <= 0 or not wt.any():
         return wt
-    return ndimage.binary_dilation(wt, structure=_ball(margin_mm, spacing))
+    return ndimage.distance_transform_edt(~wt, sampling=[float(v) for v in spacing]) <= margin_mm
 
 
 def healthy_region(
@@ -483,9 +478,6 @@ def run_local(
 
     net, cfg, dev = _load_bundle(bundle, device)
     data = {"image": [files[c] for c in CONTRASTS], "contrasts": list(CONTRASTS), "case_id": entry["case_id"]}
-    region_file = None
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="medmtl_local_") as tmp:
         region_file = str(Path(tmp) / "region.nii.gz")
         nib.save(nib.Nifti1Image(region.astype(np.uint8), ref.affine), region_file)

@@ -79,6 +79,15 @@ def copy_case(case: Path, dest: Path) -> Path:
     return Path(shutil.copytree(case, dest / case.name))
 
 
+def phantom_datalist(cases: dict[str, Path], tmp_path: Path) -> tuple[Path, Path]:
+    """Copies of the phantom cases in ``tmp_path/data`` and their one-fold datalist."""
+    data, datalist = tmp_path / "data", tmp_path / "datalist.json"
+    for case in cases.values():
+        copy_case(case, data)
+    prepare(data, datalist, folds=1)
+    return data, datalist
+
+
 def file_of(case: Path, token: str) -> Path:
     return next(p for p in case.glob("*.nii.gz") if p.name.split(".")[0].endswith(("_" + token, "-" + token)))
 
@@ -218,11 +227,7 @@ def test_explicit_contrast_files_and_forced_convention(capsys, cli_out, tiny_bun
 
 
 def test_bundle_run_gives_the_same_files_as_the_cli(cli_out, tiny_bundle, phantom_cases, tmp_path) -> None:
-    data = tmp_path / "data"
-    for case in phantom_cases.values():
-        copy_case(case, data)
-    datalist = tmp_path / "datalist.json"
-    prepare(data, datalist, folds=1)
+    data, datalist = phantom_datalist(phantom_cases, tmp_path)
     out = tmp_path / "bundle_out"
     cmd = [
         sys.executable, "-m", "monai.bundle", "run",
@@ -248,11 +253,7 @@ def test_bundle_run_gives_the_same_files_as_the_cli(cli_out, tiny_bundle, phanto
 
 
 def test_cohort_resumes_and_redoes_only_missing_cases(capsys, tiny_bundle, phantom_cases, tmp_path) -> None:
-    data = tmp_path / "data"
-    for case in phantom_cases.values():
-        copy_case(case, data)
-    datalist = tmp_path / "datalist.json"
-    prepare(data, datalist, folds=1)
+    data, datalist = phantom_datalist(phantom_cases, tmp_path)
     out = tmp_path / "pred"
     args = ("--datalist", datalist, "--dataset-dir", data, "--bundle", tiny_bundle, "--out", out)
     rc, stdout, _ = infer(capsys, *args)
