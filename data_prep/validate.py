@@ -10,6 +10,7 @@ Each file is opened once: headers are checked first (cheap), then the voxel data
 
 from __future__ import annotations
 
+import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,12 +202,13 @@ def _check_contrasts(case: Case, allow_missing: bool, report: CaseReport) -> Non
 
 def _open_headers(case: Case, problems: list[Problem]) -> dict[str, nib.Nifti1Image]:
     """Open every file of the case (headers only) that lies inside the root and has the right rank."""
-    root = case.root.resolve()
+    # Lexical containment only: symlinked files inside the dataset folder are followed.
+    root = Path(os.path.normpath(case.root.absolute()))
     images: dict[str, nib.Nifti1Image] = {}
     for rel in case.files:
-        path = case.root / rel
-        if not path.resolve().is_relative_to(root):
-            problems.append(Problem(rel, f"resolves to {path.resolve()}, outside the dataset folder {root}"))
+        path = Path(os.path.normpath(root / rel))
+        if not path.is_relative_to(root):
+            problems.append(Problem(rel, f"leads to {path}, outside the dataset folder {root}"))
             continue
         img = _load(path, rel, problems)
         if img is None:
@@ -251,8 +253,15 @@ def _check_grid(case: Case, images: dict[str, nib.Nifti1Image], atol: float, rep
             )
 
 
-def _check_data(case: Case, images: dict[str, nib.Nifti1Image], report: CaseReport) -> set[int] | None:
-    """Read each volume once: readable, finite; returns the label values (None without a usable label)."""
+def _check_data(
+    case: Case, images: dict[str, nib.Nifti1Image], report: CaseReport, allow_missing: bool = False
+) -> set[int] | None:
+    """Read each volume once: readable, finite, not constant; returns the label values (None without a
+    usable label).
+
+    A constant image (all zeros, say) holds no contrast: models treat it as missing, so it is a
+    problem unless missing contrasts are allowed, and then a warning.
+    """
     values: set[int] | None = None
     for rel, img in images.items():
         arr = _read(img, rel, report.problems)
@@ -260,8 +269,14 @@ def _check_data(case: Case, images: dict[str, nib.Nifti1Image], report: CaseRepo
             continue
         if rel == case.label:
             values = _label_values(arr, rel, report.problems)
-        elif _finite(arr, rel, report.problems) and not arr.any():
-            report.warnings.append(Problem(rel, "image is all zeros"))
+        elif _finite(arr, rel, report.problems):
+            channels = [arr[..., i] for i in range(arr.shape[-1])] if arr.ndim == 4 else [arr]
+            for i, ch in enumerate(channels):
+                lo, hi = float(ch.min()), float(ch.max())
+                if lo == hi:
+                    where = f" (channel {i})" if arr.ndim == 4 else ""
+                    note = f"image{where} is constant ({lo:g} everywhere): an unusable, missing contrast"
+                    (report.warnings if allow_missing else report.problems).append(Problem(rel, note))
         del arr  # one volume in memory at a time
     return values
 
@@ -312,7 +327,7 @@ def validate_case(
     _check_contrasts(case, allow_missing, report)
     images = _open_headers(case, report.problems)
     _check_grid(case, images, atol, report)
-    values = _check_data(case, images, report)
+    values = _check_data(case, images, report, allow_missing)
     _check_convention(case, values, declared_convention, report)
     return report
 

@@ -15,7 +15,6 @@ from typing import Any
 __version__ = "0.1.0"
 
 from medmtl.contrasts import CONTRASTS, canonical
-from medmtl.labels import REGIONS
 
 _SUBMODULES = {
     "contrasts", "datalist", "demo", "evaluation", "inference", "io", "labels", "losses", "metrics",
@@ -26,6 +25,8 @@ _SUBMODULES = {
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"medmtl.{name}")
+    if name == "REGIONS":  # medmtl.labels imports torch and MONAI: only when asked for
+        return importlib.import_module("medmtl.labels").REGIONS
     if name == "load_model":
         return importlib.import_module("medmtl.inference").load_model
     raise AttributeError(f"module 'medmtl' has no attribute {name!r}")

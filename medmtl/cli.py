@@ -25,8 +25,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the argument parser with every subcommand's arguments.
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Build the argument parser; only the chosen subcommand's module is imported.
+
+    Every stage module imports torch and MONAI (seconds); ``medmtl --help``, ``--version`` and the
+    list of commands need none of them.
+
+    Args:
+        command: the subcommand whose arguments to add (its module is imported); None adds none.
 
     Returns:
         The top-level parser; ``args.func`` is the chosen stage's ``cli_main``.
@@ -36,17 +42,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medmtl",
         description="Multi-task brain-tumour MRI: segmentation + contrast synthesis with MONAI.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"medmtl {__version__}")
+    parser.add_argument("--verbose", action="store_true", help="show library warnings and engine logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        if name != command:
+            continue
         module_path, _, attr = module_name.partition(":")
         module = importlib.import_module(module_path)
         if attr:
             module = getattr(module, attr)
-        p = sub.add_parser(
-            name, help=help_text, description=(module.__doc__ or help_text).strip().split("\n")[0]
-        )
         module.add_cli_arguments(p)
         p.set_defaults(func=module.cli_main)
     return parser
@@ -61,7 +74,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         Process exit code.
     """
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    if not args.verbose:
+        import warnings
+
+        # Our bundle configs are ours: MONAI's notice that a config may run code is for configs of
+        # unknown origin. Deprecation notices of the libraries are not the user's business either.
+        warnings.filterwarnings("ignore", message=r"parsing config_file .*", category=UserWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
     try:
         return int(args.func(args) or 0)
     except (FileNotFoundError, FileExistsError, PermissionError, ValueError) as err:

@@ -24,19 +24,18 @@ PATH_KEYS: tuple[str, ...] = ("image", "label", *CONTRASTS)
 SECTIONS: tuple[str, ...] = ("training", "testing", "skipped")
 
 
-def _resolve(base: Path, real_base: Path, value: Any, where: str) -> str:
+def _resolve(base: Path, value: Any, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{where}: expected a relative file path (string), found {value!r}")
     rel = Path(value)
     if rel.is_absolute():
         raise ValueError(f"{where}: absolute path {value!r} refused; datalist paths are relative to {base}")
-    joined = base / rel
-    real = joined.resolve()
-    if not real.is_relative_to(real_base):
-        raise ValueError(
-            f"{where}: path {value!r} resolves to {real}, outside the dataset folder {real_base}"
-        )
-    return os.path.normpath(joined)
+    # Lexical containment: no ``..`` may lead out of the dataset folder, but symlinks inside it (a
+    # common way to lay out a dataset) are the user's choice and are followed.
+    joined = Path(os.path.normpath(base / rel))
+    if not joined.is_relative_to(Path(os.path.normpath(base))):
+        raise ValueError(f"{where}: path {value!r} leads to {joined}, outside the dataset folder {base}")
+    return str(joined)
 
 
 def _dataset_dir(doc: Mapping[str, Any], path: Path, dataset_dir: str | os.PathLike | None) -> Path:
@@ -53,6 +52,50 @@ def _dataset_dir(doc: Mapping[str, Any], path: Path, dataset_dir: str | os.PathL
             "pointing at the folder the datalist paths are relative to"
         )
     return base
+
+
+def read_datalist(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a datalist JSON file, with errors that name it.
+
+    Args:
+        path: the datalist JSON.
+
+    Returns:
+        The parsed document (paths untouched).
+
+    Raises:
+        FileNotFoundError: when it does not exist.
+        ValueError: when it is not JSON, or not a JSON object.
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"datalist {path} does not exist") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"datalist {path} is not valid JSON: {err}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(
+            f"datalist {path}: expected a JSON object with sections {SECTIONS}, found {type(doc).__name__}"
+        )
+    return doc
+
+
+def datalist_root(path: str | os.PathLike, dataset_dir: str | os.PathLike | None = None) -> Path:
+    """The folder a datalist's relative paths resolve against.
+
+    Args:
+        path: the datalist JSON.
+        dataset_dir: an explicit root (wins when given).
+
+    Returns:
+        ``dataset_dir`` if given, else the ``dataset_dir`` the datalist records, else its own folder.
+
+    Raises:
+        FileNotFoundError: when the datalist or the root does not exist.
+        ValueError: when the datalist is not a JSON object.
+    """
+    return _dataset_dir(read_datalist(path), Path(path), dataset_dir)
 
 
 def _fold_set(folds: Iterable[int] | int | None) -> set[int] | None:
@@ -89,16 +132,7 @@ def load_datalist(
             a section without folds, or a fold selection that leaves no case.
     """
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"datalist {path} does not exist") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"datalist {path} is not valid JSON: {err}") from err
-    if not isinstance(doc, dict):
-        raise ValueError(
-            f"datalist {path}: expected a JSON object with sections {SECTIONS}, found {type(doc).__name__}"
-        )
+    doc = read_datalist(path)
     if section not in doc:
         present = [s for s in SECTIONS if s in doc]
         raise ValueError(f"datalist {path} has no section {section!r} (sections present: {present})")
@@ -128,7 +162,6 @@ def load_datalist(
             )
 
     base = _dataset_dir(doc, path, dataset_dir)
-    real_base = base.resolve()
     out = []
     for i, entry in enumerate(entries):
         case = f"datalist {path}, {section} case {entry.get('case_id', f'#{i}')}"
@@ -138,9 +171,9 @@ def load_datalist(
                 continue
             value = item[key]
             if isinstance(value, list):
-                item[key] = [_resolve(base, real_base, v, f"{case}, {key}[{j}]") for j, v in enumerate(value)]
+                item[key] = [_resolve(base, v, f"{case}, {key}[{j}]") for j, v in enumerate(value)]
             else:
-                item[key] = _resolve(base, real_base, value, f"{case}, {key}")
+                item[key] = _resolve(base, value, f"{case}, {key}")
         out.append(item)
     return out
 

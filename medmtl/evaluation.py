@@ -3,7 +3,10 @@
 For every case of the datalist section that has predictions in ``PRED_DIR``, the segmentation
 (``<case>_seg.nii.gz``) is scored against the label map per BraTS region, and every synthesised
 contrast (``<case>_<contrast>_synth.nii.gz``) against the acquired one, beside a naive baseline
-(the nearest acquired contrast copied). Results go to ``metrics.csv`` (one row per case),
+(the nearest acquired contrast copied). Segmentations get voxel-wise scores (:mod:`medmtl.metrics`)
+and, where the official ``brats-evaluation`` package is installed, the BraTS 2023+ lesion-wise ones
+(:mod:`medmtl.challenge_metrics`); the report says which definition each column uses and whether the
+lesion-wise scores could be computed. Results go to ``metrics.csv`` (one row per case),
 ``summary.json`` (mean, std, median, n per metric), ``report.md`` and ``figures/``.
 """
 
@@ -22,6 +25,12 @@ import nibabel as nib
 import numpy as np
 
 from medmtl import report
+from medmtl.challenge_metrics import (
+    HD95_PENALTY,
+    LESIONWISE_METRICS,
+    brats_evaluation_status,
+    lesionwise_metrics,
+)
 from medmtl.contrasts import CONTRASTS, canonical, canonical_list
 from medmtl.datalist import load_datalist
 from medmtl.io import atomic_path, write_json
@@ -39,6 +48,26 @@ from medmtl.metrics import (
 
 #: Largest affine difference (mm) tolerated between a prediction's grid and its reference's.
 AFFINE_TOLERANCE: float = 1e-3
+
+#: What each segmentation column measures, written to summary.json and report.md: voxel-wise scores
+#: (BraTS 2018-2021 tables) and lesion-wise scores (BraTS 2023+ leaderboards) are not comparable.
+METRIC_DEFINITIONS: dict[str, str] = {
+    "Dice": "voxel-wise Dice of the whole region (BraTS 2018-2021 definition; 1 when both are empty)",
+    "HD95": "voxel-wise 95th-percentile Hausdorff distance of the region surfaces, mm (BraTS 2018-2021 "
+    "definition; 373.13 when exactly one is empty)",
+    "VolDiff_ml": "predicted minus reference region volume, ml",
+    "VolDiff_rel": "volume difference over the reference volume",
+    "Sens": "voxel-wise sensitivity",
+    "Spec": "voxel-wise specificity",
+    "LesionDice": "lesion-wise Dice, BraTS 2023+ definition, computed by the official brats-evaluation "
+    "package (panoptica; its lesionwise_dsc_mean): mean Dice of matched lesions, 0 when none is matched",
+    "LesionHD95": "lesion-wise HD95 (mm), BraTS 2023+ definition, computed by the official brats-evaluation "
+    f"package (its lesionwise_hd95_mean); infinite per case when no lesion is matched, counted as "
+    f"{HD95_PENALTY:g} mm in the summary statistics",
+    "LesionTP": "matched lesions (official brats-evaluation)",
+    "LesionFP": "predicted lesions matching no reference lesion (official brats-evaluation)",
+    "LesionFN": "reference lesions matching no predicted lesion (official brats-evaluation)",
+}
 
 # ---------------------------------------------------------------------------------------------------------
 # Reading volumes
@@ -197,7 +226,7 @@ def _reference_label(case: _Case) -> tuple[nib.Nifti1Image, np.ndarray, str]:
 
 
 def _evaluate_case(
-    case: _Case, pred_dir: Path, figure_path: Path | None
+    case: _Case, pred_dir: Path, figure_path: Path | None, lesionwise: bool = False
 ) -> tuple[dict[str, Any], list[str]] | None:
     sidecar = _sidecar(pred_dir, case.case_id)
     seg_path = pred_dir / f"{case.case_id}_seg.nii.gz"
@@ -223,6 +252,9 @@ def _evaluate_case(
             _check_grid(seg_img, seg_path, label_img, case.label_path)
             spacing = label_img.header.get_zooms()[:3]
             row.update(segmentation_metrics(pred_lab, label, pred_conv, true_conv, spacing))
+            if lesionwise:
+                names = {"pred_name": str(seg_path), "true_name": str(case.label_path)}
+                row.update(lesionwise_metrics(pred_lab, label, pred_conv, true_conv, spacing, **names))
     used = sidecar.get("contrasts_used")
     synth_pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     ref_affine = None
@@ -275,7 +307,7 @@ def _evaluate_case(
 
 def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     present = {k for r in rows for k in r}
-    seg = [f"{m}_{r}" for r in REGIONS for m in SEGMENTATION_METRICS]
+    seg = [f"{m}_{r}" for r in REGIONS for m in (*SEGMENTATION_METRICS, *LESIONWISE_METRICS)]
     synth: list[str] = []
     for c in CONTRASTS:
         for who in ("", "baseline_"):
@@ -304,7 +336,8 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float | 
 
     Non-finite values (a PSNR of identical images, a relative volume difference against an empty
     reference, a score over an empty region) are left out, so ``n`` counts the values behind each
-    statistic.
+    statistic; except an infinite lesion-wise HD95 (no lesion matched), which counts as
+    :data:`~medmtl.challenge_metrics.HD95_PENALTY`, the penalty of the official BraTS parser.
 
     Args:
         rows: one mapping per case, metric name -> value.
@@ -317,6 +350,9 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float | 
         vals = [r.get(col) for r in rows]
         if col == "case_id" or not any(isinstance(v, (int, float)) for v in vals):
             continue
+        if col.startswith("LesionHD95_"):
+            # Leaving out a missed region would make a model that misses more look better.
+            vals = [HD95_PENALTY if isinstance(v, float) and v == math.inf else v for v in vals]
         out[col] = _stats(vals)
     return out
 
@@ -325,6 +361,10 @@ def _fmt(stats: Mapping[str, Any] | None, digits: int = 3) -> str:
     if not stats or not stats.get("n"):
         return "-"
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f} ({stats['median']:.{digits}f})"
+
+
+def _fmt_n(stats: Mapping[str, Any] | None, digits: int = 3) -> str:
+    return "-" if not stats or not stats.get("n") else f"{_fmt(stats, digits)}, {stats['n']}"
 
 
 def _markdown(
@@ -342,12 +382,29 @@ def _markdown(
             lines += ["", f"{title} ({len(lists[key])}): " + ", ".join(f"`{c}`" for c in lists[key])]
     if any(f"Dice_{r}" in m for r in REGIONS):
         n = m.get(f"Dice_{REGIONS[0]}", {}).get("n", 0)
+        lesion = summary.get("lesionwise_evaluation") or {}
         lines += ["", f"## Segmentation ({n} cases)", ""]
-        lines += ["| Region | Dice | HD95 (mm) | Sensitivity | Specificity | Volume difference (ml) |"]
-        lines += ["| --- | --- | --- | --- | --- | --- |"]
+        package = f"`brats-evaluation` {lesion.get('version')}, configuration `{lesion.get('config')}`"
+        lines += [
+            "Voxel-wise: each region scored as a whole (the BraTS 2018-2021 definition, comparable with "
+            "tables of those years). Lesion-wise: each connected lesion matched and scored on its own "
+            "(the BraTS 2023+ definition), computed by the official package "
+            f"({package if lesion.get('available') else '`brats-evaluation`'}); a region with no matched "
+            f"lesion counts as HD95 {HD95_PENALTY:g} mm. Each cell: mean ± std (median), number of cases.",
+        ]
+        if not lesion.get("available"):
+            lines += ["", f"**Lesion-wise scores not computed**: {lesion.get('reason')}."]
+        lines += [
+            "",
+            "| Region | Dice (voxel-wise) | Dice (lesion-wise) | HD95 voxel-wise (mm) "
+            "| HD95 lesion-wise (mm) | Sensitivity (voxel-wise) | Specificity (voxel-wise) "
+            "| Volume difference (ml) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for r in REGIONS:
-            cells = [_fmt(m.get(f"{k}_{r}"), d) for k, d in (
-                ("Dice", 3), ("HD95", 2), ("Sens", 3), ("Spec", 4), ("VolDiff_ml", 2))]  # fmt: skip
+            cells = [_fmt_n(m.get(f"{k}_{r}"), d) for k, d in (
+                ("Dice", 3), ("LesionDice", 3), ("HD95", 2), ("LesionHD95", 2), ("Sens", 3), ("Spec", 4),
+                ("VolDiff_ml", 2))]  # fmt: skip
             lines.append(f"| {r} | " + " | ".join(cells) + " |")
     contrasts = [c for c in CONTRASTS if f"{c}_SSIM_brain" in m]
     if contrasts:
@@ -411,6 +468,10 @@ def evaluate(
         cases: restrict to these case ids.
         figures: draw a figure per case and a summary figure (only with ``out_dir``).
 
+    Lesion-wise columns (``LesionDice_<region>``, ``LesionHD95_<region>``, ...) are added when
+    ``brats-evaluation`` is installed; ``summary["lesionwise_evaluation"]`` says whether it was, and
+    ``summary["metric_definitions"]`` what each segmentation column measures.
+
     Returns:
         ``{"rows": [per-case metrics], "summary": {...}, "missing_predictions": [...],
         "predictions_without_datalist_entry": [...], "cases_without_label": [...]}``.
@@ -434,6 +495,7 @@ def evaluate(
     out = Path(out_dir) if out_dir is not None else None
     fig_dir = out / "figures" if (out is not None and figures) else None
 
+    lesion_status = brats_evaluation_status()
     rows: list[dict[str, Any]] = []
     missing: list[str] = []
     no_label: list[str] = []
@@ -441,7 +503,7 @@ def evaluate(
     for entry in entries:
         case = _Case(entry)
         fig_path = fig_dir / f"{case.case_id}.png" if fig_dir is not None else None
-        result = _evaluate_case(case, pred_dir, fig_path)
+        result = _evaluate_case(case, pred_dir, fig_path, lesionwise=lesion_status["available"])
         if result is None:
             missing.append(case.case_id)
             continue
@@ -462,7 +524,13 @@ def evaluate(
         "predictions_without_datalist_entry": stray,
         "cases_without_label": no_label,
     }
-    summary = {"n_cases": len(rows), **lists, "metrics": summarise(rows)}
+    summary = {
+        "n_cases": len(rows),
+        **lists,
+        "lesionwise_evaluation": lesion_status,
+        "metric_definitions": METRIC_DEFINITIONS,
+        "metrics": summarise(rows),
+    }
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         _write_csv(out / "metrics.csv", rows)
@@ -514,7 +582,10 @@ def cli_main(args: argparse.Namespace) -> int:
     )
     summary = result["summary"]
     print(f"scored {summary['n_cases']} cases -> {out}")
-    for key in [f"Dice_{r}" for r in REGIONS] + [k for k in summary["metrics"] if k.endswith("SSIM_brain")]:
+    if not summary["lesionwise_evaluation"]["available"]:
+        print(f"  lesion-wise scores not computed: {summary['lesionwise_evaluation']['reason']}")
+    keys = [f"{m}_{r}" for m in ("Dice", "LesionDice") for r in REGIONS]
+    for key in keys + [k for k in summary["metrics"] if k.endswith("SSIM_brain")]:
         if key in summary["metrics"]:
             print(f"  {key:28s} {_fmt(summary['metrics'][key])}")
     if result["missing_predictions"]:
@@ -523,4 +594,11 @@ def cli_main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__: Sequence[str] = ("AFFINE_TOLERANCE", "evaluate", "summarise", "add_cli_arguments", "cli_main")
+__all__: Sequence[str] = (
+    "AFFINE_TOLERANCE",
+    "METRIC_DEFINITIONS",
+    "evaluate",
+    "summarise",
+    "add_cli_arguments",
+    "cli_main",
+)

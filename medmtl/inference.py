@@ -9,7 +9,9 @@ give the same files.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -30,9 +32,30 @@ from medmtl.io import write_nifti_group
 from medmtl.labels import OUTPUT_CONVENTIONS, REGIONS, regions_to_label
 from medmtl.transforms import SOURCE_MASK_KEY
 
-#: Where the shipped bundle lives in a source checkout.
-DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "brats_mtl"
+
+def shipped_bundle() -> Path:
+    """The folder of the shipped ``brats_mtl`` bundle.
+
+    In a source checkout it is ``bundles/brats_mtl`` beside the package; an installed package
+    carries it as the package data of ``medmtl.bundles``.
+
+    Returns:
+        The bundle folder.
+    """
+    checkout = Path(__file__).resolve().parents[1] / "bundles" / "brats_mtl"
+    if (checkout / "configs" / "inference.json").is_file():
+        return checkout
+    from importlib.resources import files
+
+    return Path(str(files("medmtl.bundles"))) / "brats_mtl"
+
+
+#: The shipped bundle (source checkout or installed package data).
+DEFAULT_BUNDLE = shipped_bundle()
 INTENSITY_SPACE = "zscore_nonzero"
+logger = logging.getLogger("medmtl.inference")
+#: What ``--section`` accepts.
+DATALIST_SECTIONS: tuple[str, ...] = ("all", "training", "testing")
 
 
 class SplitPredictiond(MapTransform):
@@ -331,12 +354,41 @@ def remove_small_components(regions: np.ndarray, spacing: Sequence[float], min_m
     return (regions & kept[None]).astype(regions.dtype)
 
 
+def small_et_to_netc(regions: np.ndarray, spacing: Sequence[float], et_min_ml: float) -> np.ndarray:
+    """The BraTS ET rule: a predicted enhancing tumour smaller than ``et_min_ml`` becomes NETC.
+
+    Cases without enhancement (low-grade gliomas) are scored with an empty ET, where any false-positive
+    ET voxel costs the whole Dice (0 instead of 1); Isensee et al. ("nnU-Net for Brain Tumor
+    Segmentation", BraTS 2020, arXiv:2011.00848) replace a small predicted ET by necrosis, with the
+    threshold chosen on validation cases. The voxels stay in TC and WT.
+
+    Args:
+        regions: (3, H, W, D) uint8 region masks (TC, WT, ET).
+        spacing: voxel size in mm.
+        et_min_ml: smallest ET kept, in millilitres; 0 keeps every ET.
+
+    Returns:
+        The region masks (a new array when ET was removed).
+    """
+    et = REGIONS.index("ET")
+    if et_min_ml <= 0 or not regions[et].any():
+        return regions
+    volume_ml = float(regions[et].sum()) * float(np.prod([float(s) for s in spacing])) / 1000.0
+    if volume_ml >= et_min_ml:
+        return regions
+    out = regions.copy()
+    out[REGIONS.index("TC")] |= out[et]
+    out[et] = 0
+    return out
+
+
 def case_outputs(
     d: Mapping[Hashable, Any],
     targets: Sequence[str],
     threshold: float = 0.5,
     min_component_ml: float = 0.0,
     spacing: Sequence[float] | None = None,
+    et_min_ml: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Turn one case's inverted predictions into output arrays in the source grid.
 
@@ -351,6 +403,7 @@ def case_outputs(
         min_component_ml: remove whole-tumour components smaller than this (see
             :func:`remove_small_components`); 0 keeps all.
         spacing: voxel size in mm of the source grid (for ``min_component_ml``; 1 mm when None).
+        et_min_ml: a predicted ET smaller than this becomes NETC (see :func:`small_et_to_netc`).
 
     Returns:
         ``(probabilities float32 (3, H, W, D), regions uint8 (3, H, W, D), {contrast: float32 image})``.
@@ -363,6 +416,7 @@ def case_outputs(
             raise ValueError(f"brain mask grid {brain.shape} != prediction grid {prob.shape[1:]}")
         regions &= brain[None].astype(np.uint8)
     regions = remove_small_components(regions, spacing or (1.0, 1.0, 1.0), min_component_ml)
+    regions = small_et_to_netc(regions, spacing or (1.0, 1.0, 1.0), et_min_ml)
     synth: dict[str, np.ndarray] = {}
     if d.get("synth") is not None:
         images = np.asarray(torch.as_tensor(d["synth"]).detach().cpu(), dtype=np.float32)
@@ -389,6 +443,7 @@ class WriteCaseOutputsd(MapTransform):
         model_info: extra fields for the sidecar (model name, version, ...).
         threshold: probability threshold for the regions.
         min_component_ml: remove whole-tumour components smaller than this many ml (0: keep all).
+        et_min_ml: a predicted ET smaller than this many ml becomes NETC (0: keep every ET).
     """
 
     def __init__(
@@ -404,9 +459,11 @@ class WriteCaseOutputsd(MapTransform):
         model_info: Mapping[str, Any] | None = None,
         threshold: float = 0.5,
         min_component_ml: float = 0.0,
+        et_min_ml: float = 0.0,
     ) -> None:
         super().__init__(keys=["seg"], allow_missing_keys=True)
         self.min_component_ml = float(min_component_ml)
+        self.et_min_ml = float(et_min_ml)
         self.out_dir = Path(out_dir)
         self.targets = [canonical(t) for t in targets]
         self.inputs = [canonical(c) for c in inputs]
@@ -444,7 +501,9 @@ class WriteCaseOutputsd(MapTransform):
                 f"case {case_id}: prediction grid {tuple(d['seg'].shape[1:])} != source {source} grid {shape}"
             )
         zooms = ref.header.get_zooms()[:3]
-        prob, regions, synth = case_outputs(d, self.targets, self.threshold, self.min_component_ml, zooms)
+        prob, regions, synth = case_outputs(
+            d, self.targets, self.threshold, self.min_component_ml, zooms, self.et_min_ml
+        )
 
         arrays: dict[str, tuple[np.ndarray, Any]] = {}
         if self.write_regions:
@@ -457,6 +516,12 @@ class WriteCaseOutputsd(MapTransform):
             paths["prob"] = self.out_dir / f"{case_id}_prob.nii.gz"
             arrays["prob"] = (np.moveaxis(prob, 0, -1), np.float32)
 
+        if d.get("unusable"):
+            logger.warning(
+                "case %s: contrast(s) %s are constant images (empty or blank): treated as missing",
+                case_id,
+                d["unusable"],
+            )
         sidecar = {
             "case_id": case_id,
             "source": source,
@@ -469,6 +534,7 @@ class WriteCaseOutputsd(MapTransform):
             "contrasts_missing": [
                 c for c, a in zip(self.inputs, _as_list(d.get("channel_mask"), len(self.inputs))) if not a
             ],
+            "contrasts_unusable": [c for c in str(d.get("unusable") or "").split(",") if c],
             "synthesised": self.targets if "synth" in d else [],
             "intensity_space": INTENSITY_SPACE,
             "intensity_note": "synthesised images: z-scores over the brain's non-zero voxels; 0 outside",
@@ -487,6 +553,68 @@ class WriteCaseOutputsd(MapTransform):
             descrip = None if name in ("seg", "prob") else f"medmtl synth {name} {INTENSITY_SPACE}"
             files[paths[name]] = (arr, dtype, descrip)
         write_nifti_group(files, ref, paths["sidecar"], sidecar)
+
+
+class CaseProgress:
+    """A per-case progress bar with an ETA (tqdm) and a closing summary for cohort inference.
+
+    An ignite handler for the inference evaluator: one tick per case, the case id beside the bar,
+    then one line saying how many cases were written and where.
+
+    Args:
+        total: number of cases to run.
+        out_dir: the output folder, named in the summary.
+        disable: no bar: one line per case on stdout instead (what a log file wants); None shows the
+            bar only when stderr is a terminal.
+    """
+
+    def __init__(self, total: int, out_dir: str | os.PathLike, disable: bool | None = None) -> None:
+        import sys
+        import time
+
+        self.total, self.out_dir = int(total), Path(out_dir)
+        self.disable = disable if disable is not None else not sys.stderr.isatty()
+        self.bar: Any = None
+        self.done = 0
+        self._clock = time.perf_counter
+        self._t0 = self._clock()
+
+    def attach(self, engine: Any) -> None:
+        """Register with an ignite engine."""
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._tick)
+        engine.add_event_handler(Events.COMPLETED, self._finish)
+
+    def _start(self, engine: Any) -> None:
+        from tqdm.auto import tqdm
+
+        self.done = 0
+        self._t0 = self._clock()
+        if not self.disable:
+            self.bar = tqdm(total=self.total, unit="case", desc="medmtl infer")
+
+    def _tick(self, engine: Any) -> None:
+        self.done += 1
+        out = engine.state.output
+        first = out[0] if isinstance(out, list) and out else out
+        case = first.get("written", {}).get("sidecar", "") if isinstance(first, Mapping) else ""
+        name = Path(str(case)).stem if case else ""
+        if self.bar is not None:
+            self.bar.set_postfix_str(name)
+            self.bar.update(1)
+        else:
+            elapsed = self._clock() - self._t0
+            eta = elapsed / self.done * (self.total - self.done)
+            print(
+                f"  case {self.done}/{self.total} {name}: {elapsed:.0f} s, about {eta:.0f} s left", flush=True
+            )
+
+    def _finish(self, engine: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        print(f"medmtl infer: {self.done} of {self.total} case(s) written to {self.out_dir}", flush=True)
 
 
 def _as_list(x: Any, n: int) -> list[float]:
@@ -515,7 +643,12 @@ def read_model_config(path: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(
             f"{p} not found: this bundle has no trained model yet (train it first, see the bundle README)"
         )
-    cfg = json.loads(p.read_text())
+    try:
+        cfg = json.loads(p.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{p} is not valid JSON ({err})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{p}: expected a JSON object")
     missing = [
         k for k in ("input_contrasts", "target_contrasts", "spacing", "network_preset") if k not in cfg
     ]
@@ -558,12 +691,14 @@ def datalist_cases(
     Returns:
         Entries with absolute paths.
     """
-    from medmtl.datalist import load_datalist
+    from medmtl.datalist import load_datalist, read_datalist
 
     if not datalist:
         raise ValueError("no cases: give case folders or a datalist")
+    if section not in DATALIST_SECTIONS:
+        raise ValueError(f"unknown datalist section {section!r}; expected one of {list(DATALIST_SECTIONS)}")
     sections = ["training", "testing"] if section == "all" else [section]
-    raw = json.loads(Path(datalist).read_text())
+    raw = read_datalist(datalist)
     out: list[dict] = []
     for sec in sections:
         if raw.get(sec):
@@ -632,6 +767,19 @@ def case_entry(case: str | os.PathLike | Mapping[str, Any], case_id: str | None 
             raise ValueError(f"{folder} holds {len(cases)} cases; give one case folder or a datalist")
         found, root = cases[0], Path(cases[0].root)
     report = validate_case(found, allow_missing=True)
+    if not report.ok and found.label is not None:
+        # Inference never reads the ground truth: a bad label file must not block it. The output
+        # convention then comes from the layout alone (and the sidecar says which it is).
+        without_label = dataclasses.replace(found, label=None)
+        retry = validate_case(without_label, allow_missing=True)
+        if retry.ok:
+            bad = [str(p) for p in report.problems if str(found.label) in str(p)]
+            warnings.warn(
+                f"case {found.case_id}: ignoring its label file {found.label} "
+                f"({'; '.join(bad) or 'unusable'}); inference does not need it",
+                stacklevel=2,
+            )
+            found, report = without_label, retry
     if not report.ok:
         where = "" if isinstance(case, Mapping) else f" ({root.resolve()})"  # loose files are named in full
         raise ValueError(f"case {found.case_id}{where}: {report.reason()}")
@@ -829,7 +977,12 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("cases", nargs="*", help="case folders (any supported layout)")
     parser.add_argument("--datalist", help="a medmtl datalist; all its cases (training + testing) are run")
     parser.add_argument("--dataset-dir", help="root the datalist's paths are relative to")
-    parser.add_argument("--section", default="all", help="datalist section: training, testing or all")
+    parser.add_argument(
+        "--section",
+        default="all",
+        choices=list(DATALIST_SECTIONS),
+        help="datalist section to run (default: all)",
+    )
     parser.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="bundle folder (default: shipped)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -847,10 +1000,93 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="drop whole-tumour components smaller than this (ml; 0 keeps all)",
     )
+    parser.add_argument(
+        "--et-min-ml",
+        type=float,
+        help="a predicted enhancing tumour smaller than this (ml) becomes NETC (BraTS ET rule; 0: off)",
+    )
     parser.add_argument("--sw-batch-size", type=int, help="windows per forward pass")
     parser.add_argument("--exported", help="run a TorchScript/ONNX file from `medmtl export`, not model.pt")
     for c in CONTRASTS:
         parser.add_argument(f"--{c}", help=f"explicit {c} file (instead of a case folder)")
+
+
+def check_device(name: str, option: str = "--device") -> str:
+    """Check a torch device name a user gave, before any work is done.
+
+    Args:
+        name: e.g. ``cpu``, ``cuda``, ``cuda:1``.
+        option: the option's name, for the message.
+
+    Returns:
+        The name, unchanged.
+
+    Raises:
+        ValueError: for a name torch does not know, or a CUDA device this machine does not have.
+    """
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{option} {name!r}: expected a torch device such as cpu, cuda or cuda:0") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{option} {name!r}: this machine has no CUDA device (use cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{option} {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type != "cpu":
+        raise ValueError(f"{option} {name!r}: expected cpu or cuda[:N]")
+    return name
+
+
+def check_weights(path: str | os.PathLike) -> Path:
+    """Check that a weights file is a readable checkpoint (data only, never code).
+
+    Args:
+        path: the ``model.pt`` file.
+
+    Returns:
+        The path.
+
+    Raises:
+        FileNotFoundError: when it does not exist.
+        ValueError: when it is truncated, corrupt or not a state dict.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"weights {p} not found")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure to read means the same to the user
+        raise ValueError(
+            f"weights {p} cannot be read (truncated or not a PyTorch checkpoint): {err}"
+        ) from None
+    if not isinstance(state, Mapping):
+        raise ValueError(f"weights {p}: expected a state dict, found {type(state).__name__}")
+    return p
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Check the numeric and device options of ``medmtl infer`` before any work is done.
+
+    Args:
+        args: the parsed arguments.
+
+    Raises:
+        ValueError: naming the option, the value and what was expected.
+    """
+    for opt in ("device", "sw_device"):
+        if getattr(args, opt, None):
+            check_device(getattr(args, opt), "--" + opt.replace("_", "-"))
+    overlap = getattr(args, "overlap", None)
+    if overlap is not None and not 0.0 <= overlap < 1.0:
+        raise ValueError(f"--overlap {overlap}: expected a fraction in [0, 1)")
+    sw = getattr(args, "sw_batch_size", None)
+    if sw is not None and sw < 1:
+        raise ValueError(f"--sw-batch-size {sw}: expected a positive integer")
+    for opt in ("min_component_ml", "et_min_ml"):
+        ml = getattr(args, opt, None)
+        if ml is not None and ml < 0:
+            raise ValueError(f"--{opt.replace('_', '-')} {ml}: expected a volume >= 0 (ml)")
 
 
 def bundle_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -880,6 +1116,8 @@ def bundle_overrides(args: argparse.Namespace) -> dict[str, Any]:
         ov["overlap"] = args.overlap
     if getattr(args, "min_component_ml", None) is not None:
         ov["min_component_ml"] = args.min_component_ml
+    if getattr(args, "et_min_ml", None) is not None:
+        ov["et_min_ml"] = args.et_min_ml
     if getattr(args, "sw_batch_size", None):
         ov["sw_batch_size"] = args.sw_batch_size
     return ov
@@ -897,19 +1135,24 @@ def cli_main(args: argparse.Namespace) -> int:
     explicit = {c: getattr(args, c) for c in CONTRASTS if getattr(args, c, None)}
     if not (args.cases or args.datalist or explicit):
         raise ValueError("give case folders, --datalist, or explicit --t1n/--t1c/--t2w/--t2f files")
+    check_options(args)
     bundle = Path(args.bundle).resolve()
     config = bundle / "configs" / "inference.json"
     if not config.is_file():
         raise FileNotFoundError(f"{config} not found: {bundle} is not a medmtl bundle")
     model = read_model_config(bundle / "models" / "model_config.json")
+    if not getattr(args, "exported", None):
+        check_weights(bundle / "models" / "model.pt")
     targets = [canonical(c) for c in model["target_contrasts"]]
     out = check_output_dir(args.out)
     ov = bundle_overrides(args)
     if args.datalist:
         entries = datalist_cases(args.datalist, args.dataset_dir, args.section)
         ov["datalist"] = str(Path(args.datalist).resolve())
-        if args.dataset_dir:
-            ov["dataset_dir"] = str(Path(args.dataset_dir).resolve())
+        # The root the datalist records (else its own folder) unless given: never the bundle's default.
+        from medmtl.datalist import datalist_root
+
+        ov["dataset_dir"] = str(datalist_root(args.datalist, args.dataset_dir))
         ov["section"] = args.section
         # Finished cases are skipped (a cohort run resumes); only the rest is checked.
         entries = pending_cases(shard(entries), out, targets, args.overwrite)

@@ -24,7 +24,8 @@ class MultiTaskPrepareBatch(PrepareBatch):
     """Prepare a batch for MONAI engines: inputs, a dict of targets, and the channel mask as kwarg.
 
     ``SupervisedTrainer`` / ``SupervisedEvaluator`` call ``network(inputs, **kwargs)`` and
-    ``loss_function(pred, targets)``; the targets are ``{"seg", "synth", "brain_mask"}`` so that
+    ``loss_function(pred, targets)``; the targets are ``{"seg", "synth", "brain_mask"}`` (and the
+    per-contrast ``synth_weight`` when the pipeline writes it) so that
     :class:`medmtl.losses.MultiTaskLoss` sees every task at once.
 
     Args:
@@ -50,7 +51,13 @@ class MultiTaskPrepareBatch(PrepareBatch):
 
         inputs = move(batchdata["image"])
         targets = {}
-        for src, dst in (("label", "seg"), ("synth_target", "synth"), (self.loss_mask_key, "brain_mask")):
+        pairs = (
+            ("label", "seg"),
+            ("synth_target", "synth"),
+            (self.loss_mask_key, "brain_mask"),
+            ("synth_weight", "synth_weight"),
+        )
+        for src, dst in pairs:
             if src in batchdata and isinstance(batchdata[src], torch.Tensor):
                 targets[dst] = move(batchdata[src])
         net_kwargs = {}

@@ -34,13 +34,20 @@ from monai.transforms import (
     EnsureTyped,
     LoadImaged,
     MapTransform,
+    MaskIntensityd,
     NormalizeIntensityd,
     Orientationd,
+    RandAdjustContrastd,
+    RandAffined,
+    RandCropByLabelClassesd,
     RandCropByPosNegLabeld,
     RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
     Randomizable,
     RandScaleIntensityd,
     RandShiftIntensityd,
+    RandSimulateLowResolutiond,
     Spacingd,
     SpatialPadd,
 )
@@ -59,7 +66,9 @@ class ReorderContrastsd(MapTransform):
 
     The channel order of the loaded image is read per case from ``data[contrasts_key]`` (MSD stores
     FLAIR, T1w, T1gd, T2w in one 4D file; a case with missing contrasts holds fewer channels).
-    Missing contrasts become zero channels and ``data[available_key]`` records which are real.
+    Missing contrasts become zero channels and ``data[available_key]`` records which are real. A
+    channel that is constant (all zeros, say) carries no image: it counts as missing, is zero-filled,
+    and its name is listed under ``data["unusable"]``.
 
     Args:
         keys: image keys to reorder.
@@ -95,14 +104,35 @@ class ReorderContrastsd(MapTransform):
                     f"case {d.get('case_id', '?')}: image has {img.shape[0]} channels but its "
                     f"contrast list {order} names {len(order)}"
                 )
-            if order == list(CONTRASTS):
+            present = [c for c in order if not _constant(img[order.index(c)])]
+            unusable = [c for c in order if c not in present]
+            # a string, not a list, so that batches of cases collate
+            d["unusable"] = ",".join(unusable)
+            if unusable:
+                if not self.allow_missing:
+                    raise ValueError(
+                        f"case {d.get('case_id', '?')}: contrast(s) {unusable} are constant images "
+                        "(empty or blank); expected real images"
+                    )
+            if order == list(CONTRASTS) and not unusable:
                 continue
-            channels = [img[order.index(c)] if c in order else torch.zeros_like(img[0]) for c in CONTRASTS]
+            channels = [
+                img[order.index(c)] if c in present else torch.zeros_like(torch.as_tensor(img[0]))
+                for c in CONTRASTS
+            ]
             out = torch.stack([torch.as_tensor(c) for c in channels])
             d[key] = MetaTensor(out, meta=img.meta) if isinstance(img, MetaTensor) else out
+            order = present
+        d.setdefault("unusable", "")
         d[self.available_key] = torch.tensor([float(c in order) for c in CONTRASTS])
         d[self.contrasts_key] = list(CONTRASTS)
         return d
+
+
+def _constant(channel: Any) -> bool:
+    # A blank or constant channel is no image: its z-score is undefined and its "brain" is everything.
+    t = torch.as_tensor(channel)
+    return bool(t.numel() == 0 or t.max() == t.min())
 
 
 class BrainMaskd(MapTransform):
@@ -243,6 +273,88 @@ class RandDropContrastsd(Randomizable, MapTransform):
         return d
 
 
+class SynthWeightd(MapTransform):
+    """Per-target weights of the synthesis loss: what the network must restore counts most.
+
+    A target contrast the case lacks weighs 0 (nothing to compare with); one that is also a real
+    input weighs ``present_weight`` (reconstructing what the network sees is easy and teaches little);
+    one that is absent from the inputs (never an input, or dropped by :class:`RandDropContrastsd`)
+    weighs 1. This is the masked-modality reconstruction objective of M3AE (Liu et al., "M3AE:
+    Multimodal Representation Learning for Brain Tumor Segmentation with Missing Modalities",
+    AAAI 2023), as a per-channel loss weight.
+
+    Args:
+        keys: the channel mask key (which inputs are real after dropping).
+        inputs: the network's input contrasts, in order.
+        targets: the synthesised contrasts, in order.
+        present_weight: weight of a target contrast that is also a real input.
+        available_key: key of the (len(targets),) availability of the targets (``synth_available``).
+        weight_key: output key of the (len(targets),) weights.
+        allow_missing_keys: don't raise for absent keys.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "channel_mask",
+        inputs: Sequence[str] = DEFAULT_INPUTS,
+        targets: Sequence[str] = DEFAULT_TARGETS,
+        present_weight: float = 0.2,
+        available_key: str = "synth_available",
+        weight_key: str = "synth_weight",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if present_weight < 0:
+            raise ValueError(f"present_weight must be >= 0, found {present_weight}")
+        self.inputs, self.targets = canonical_list(inputs), canonical_list(targets)
+        self.present_weight = float(present_weight)
+        self.available_key, self.weight_key = available_key, weight_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            mask = torch.as_tensor(d[key]).float()
+            available = torch.as_tensor(d.get(self.available_key, torch.ones(len(self.targets)))).float()
+            weight = available.clone()
+            for j, c in enumerate(self.targets):
+                if c in self.inputs and mask[self.inputs.index(c)] > 0:
+                    weight[j] *= self.present_weight
+            d[self.weight_key] = weight
+        return d
+
+
+class RegionClassesd(MapTransform):
+    """Disjoint tumour classes from the TC / WT / ET regions, for class-balanced patch sampling.
+
+    Writes a (1, ...) map: 0 elsewhere, 1 NETC (TC without ET), 2 SNFH (WT without TC), 3 ET, so
+    that :class:`monai.transforms.RandCropByLabelClassesd` can centre patches on each class in
+    chosen ratios (nnU-Net oversamples foreground classes, Isensee et al., Nature Methods 2021).
+
+    Args:
+        keys: the region key (``label``, channels TC, WT, ET).
+        classes_key: output key.
+        allow_missing_keys: don't raise for absent keys.
+    """
+
+    def __init__(
+        self, keys: KeysCollection = "label", classes_key: str = "crop_classes", allow_missing_keys=False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.classes_key = classes_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            r = torch.as_tensor(d[key]) > 0.5
+            tc, wt, et = r[0], r[1], r[2]
+            classes = torch.zeros_like(tc, dtype=torch.uint8)
+            classes[wt & ~tc] = 2
+            classes[tc & ~et] = 1
+            classes[et] = 3
+            d[self.classes_key] = classes[None]
+        return d
+
+
 def _load_and_canonicalise(
     keys: Sequence[str],
     spacing: Sequence[float] | None,
@@ -259,14 +371,13 @@ def _load_and_canonicalise(
         EnsureChannelFirstd(keys=list(keys), allow_missing_keys=True),
         EnsureTyped(keys=list(keys), dtype=torch.float32, allow_missing_keys=True),
     ]
+    xforms.append(ReorderContrastsd(keys="image", allow_missing=allow_missing_contrasts))
     if source_mask_key:
         # The brain in the scan's own voxels: outputs are masked with it exactly, which a mask
-        # resampled to the model's grid and back would not do at the brain's edge.
+        # resampled to the model's grid and back would not do at the brain's edge. After the
+        # reordering, so that a constant (unusable) contrast does not make the whole volume "brain".
         xforms.append(BrainMaskd(keys="image", mask_key=source_mask_key))
-    xforms += [
-        ReorderContrastsd(keys="image", allow_missing=allow_missing_contrasts),
-        Orientationd(keys=list(keys), axcodes="RAS", allow_missing_keys=True),
-    ]
+    xforms.append(Orientationd(keys=list(keys), axcodes="RAS", allow_missing_keys=True))
     if spacing is not None:
         modes = ["bilinear"] + ["nearest"] * len(label_keys)
         xforms.append(Spacingd(keys=list(keys), pixdim=spacing, mode=modes, allow_missing_keys=True))
@@ -334,6 +445,72 @@ def patch_transforms(
     return [SpatialPadd(keys=keys, spatial_size=roi_size), crop, *flips]
 
 
+#: Augmentation recipes of :func:`train_transforms`.
+AUGMENTATIONS: tuple[str, ...] = ("nnunet", "light")
+
+
+def augment_transforms(
+    spatial_keys: Sequence[str],
+    roi_size: Sequence[int],
+    recipe: str = "nnunet",
+    flip_prob: float = 0.5,
+    intensity_prob: float = 0.5,
+) -> list:
+    """The augmentation of training patches: MONAI transforms after the nnU-Net recipe.
+
+    ``nnunet`` follows the default data augmentation of nnU-Net (Isensee et al., "nnU-Net: a
+    self-configuring method for deep learning-based biomedical image segmentation", Nature Methods
+    18, 2021, supplementary note 4), with its probabilities: rotation (+-30 degrees) and scaling
+    (0.7-1.4) with ``RandAffined`` on a patch sampled 1.25x larger and cropped back to ``roi_size``
+    (no empty corners), Gaussian noise, Gaussian blur, brightness, contrast, simulated low
+    resolution, gamma and mirroring. Intensity changes touch the network inputs only (synthesis
+    targets stay clean) and are masked back to the brain. Elastic deformation is left out: on a CPU
+    it costs more than the network's step. ``light`` is flips and intensity jitter only.
+
+    Args:
+        spatial_keys: keys deformed together (``image`` first; ``label``/``brain_mask`` use nearest).
+        roi_size: the patch size the network sees.
+        recipe: one of :data:`AUGMENTATIONS`.
+        flip_prob: flip probability per axis.
+        intensity_prob: probability of the ``light`` recipe's scale / shift jitter.
+
+    Returns:
+        A list of MONAI transforms, applied after patch sampling.
+    """
+    if recipe not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {recipe!r}; expected one of {list(AUGMENTATIONS)}")
+    keys = list(spatial_keys)
+    flips = [RandFlipd(keys=keys, prob=flip_prob, spatial_axis=axis) for axis in range(len(roi_size))]
+    if recipe == "light":
+        return [
+            *flips,
+            RandScaleIntensityd(keys="image", factors=0.1, prob=intensity_prob),
+            RandShiftIntensityd(keys="image", offsets=0.1, prob=intensity_prob),
+        ]
+    modes = ["nearest" if k in ("label", "brain_mask") else "bilinear" for k in keys]
+    angle = np.deg2rad(30.0)
+    return [
+        RandAffined(
+            keys=keys,
+            spatial_size=list(roi_size),
+            prob=0.36,
+            rotate_range=[angle] * len(roi_size),
+            scale_range=[(-0.3, 0.4)] * len(roi_size),
+            mode=modes,
+            padding_mode="zeros",
+        ),  # fmt: skip
+        RandGaussianNoised(keys="image", prob=0.1, mean=0.0, std=0.1),
+        RandGaussianSmoothd(
+            keys="image", prob=0.2, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0)
+        ),
+        RandScaleIntensityd(keys="image", factors=0.25, prob=0.15, channel_wise=True),
+        RandSimulateLowResolutiond(keys="image", prob=0.25, zoom_range=(0.5, 1.0)),
+        RandAdjustContrastd(keys="image", prob=0.3, gamma=(0.7, 1.5)),
+        MaskIntensityd(keys="image", mask_key="brain_mask"),
+        *flips,
+    ]
+
+
 def train_transforms(
     inputs: Sequence[str] = DEFAULT_INPUTS,
     targets: Sequence[str] = DEFAULT_TARGETS,
@@ -343,13 +520,17 @@ def train_transforms(
     pos: float = 1.0,
     neg: float = 1.0,
     drop_contrasts_prob: float = 0.0,
-    max_drop: int = 2,
+    max_drop: int | None = None,
     flip_prob: float = 0.5,
     intensity_prob: float = 0.5,
     synthetic_lesion_prob: float = 0.0,
     lesion_donors: Sequence[Any] | None = None,
+    augment: str = "light",
+    crop: str = "posneg",
+    class_ratios: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+    present_weight: float = 1.0,
 ) -> Compose:
-    """Training pipeline: load, canonicalise, normalise, crop to brain, sample tumour-balanced patches.
+    """Training pipeline: load, canonicalise, normalise, crop to brain, sample patches, augment.
 
     Args:
         inputs: contrasts fed to the network.
@@ -357,37 +538,77 @@ def train_transforms(
         roi_size: patch size.
         spacing: target voxel size in mm (None keeps the native grid; (2, 2, 2) for CPU presets).
         num_samples: patches per case and iteration.
-        pos: weight of tumour-centred patches in ``RandCropByPosNegLabeld``.
-        neg: weight of background-centred patches.
+        pos: weight of tumour-centred patches (``crop="posneg"``).
+        neg: weight of background-centred patches (``crop="posneg"``).
         drop_contrasts_prob: probability of dropping input contrasts (random missing-contrast mode).
-        max_drop: most contrasts dropped at once.
+        max_drop: most contrasts dropped at once; default all but one (any non-empty subset).
         flip_prob: flip probability per axis.
-        intensity_prob: probability of intensity scale / shift jitter on the inputs.
+        intensity_prob: probability of intensity scale / shift jitter (``augment="light"``).
         synthetic_lesion_prob: probability of pasting a synthetic glioma into a case
             (:class:`~medmtl.lesion_augment.RandSyntheticLesiond`, applied to the whole canonical
             4-contrast image before the task split and patch sampling); 0 leaves the pipeline as it was.
         lesion_donors: tumours to paste instead of procedural lesions: region masks (3, x, y, z) or BraTS
             label maps (x, y, z), numpy or torch, on the grid of ``spacing``; None for procedural ones.
+        augment: augmentation recipe, one of :data:`AUGMENTATIONS` (see :func:`augment_transforms`).
+        crop: ``posneg`` (tumour / brain patch centres, ``RandCropByPosNegLabeld``) or ``classes``
+            (centres drawn per class: healthy brain, NETC, SNFH, ET in ``class_ratios``, with
+            ``RandCropByLabelClassesd``, so that the small ET and NETC are common).
+        class_ratios: ratios of patch centres in healthy brain, NETC, SNFH and ET (``crop="classes"``).
+        present_weight: synthesis-loss weight of a target contrast that is also a real input
+            (:class:`SynthWeightd`); 1 weighs every target alike.
 
     Returns:
         A MONAI ``Compose``.
     """
+    if crop not in ("posneg", "classes"):
+        raise ValueError(f"unknown crop {crop!r}; expected 'posneg' or 'classes'")
     keys = ["image", "label"]
     patch_keys = (
         ["image", "label", "synth_target", "brain_mask"] if targets else ["image", "label", "brain_mask"]
     )
+    # The affine augmentation rotates a larger patch and crops it back: no empty corners.
+    sample_size = [int(round(r * 1.25)) for r in roi_size] if augment == "nnunet" else list(roi_size)
     xforms = brain_crop_transforms(keys, spacing)
     if synthetic_lesion_prob > 0:
         # Before the split, so the lesion is painted into every contrast, synthesis targets included.
         xforms.append(RandSyntheticLesiond(prob=synthetic_lesion_prob, donors=lesion_donors))
-    xforms += [
-        SplitTaskd(keys="image", inputs=inputs, targets=targets),
-        *patch_transforms(patch_keys, "label", roi_size, num_samples, pos, neg, flip_prob),
-        RandScaleIntensityd(keys="image", factors=0.1, prob=intensity_prob),
-        RandShiftIntensityd(keys="image", offsets=0.1, prob=intensity_prob),
-    ]
+    xforms.append(SplitTaskd(keys="image", inputs=inputs, targets=targets))
+    xforms.append(SpatialPadd(keys=patch_keys, spatial_size=sample_size))
+    if crop == "classes":
+        xforms += [
+            RegionClassesd(keys="label"),
+            RandCropByLabelClassesd(
+                keys=patch_keys,
+                label_key="crop_classes",
+                spatial_size=sample_size,
+                ratios=list(class_ratios),
+                num_classes=4,
+                num_samples=num_samples,
+                image_key="brain_mask",
+                image_threshold=0.5,
+                warn=False,
+            ),  # fmt: skip
+            DeleteItemsd(keys="crop_classes"),
+        ]
+    else:
+        xforms.append(
+            RandCropByPosNegLabeld(
+                keys=patch_keys,
+                label_key="label",
+                spatial_size=sample_size,
+                pos=pos,
+                neg=neg,
+                num_samples=num_samples,
+                image_key="brain_mask",
+                image_threshold=0.5,
+            )  # fmt: skip
+        )
+    xforms += augment_transforms(patch_keys, roi_size, augment, flip_prob, intensity_prob)
     if drop_contrasts_prob > 0:
-        xforms.append(RandDropContrastsd(keys="image", prob=drop_contrasts_prob, max_drop=max_drop))
+        n_drop = len(canonical_list(inputs)) - 1 if max_drop is None else max_drop
+        xforms.append(RandDropContrastsd(keys="image", prob=drop_contrasts_prob, max_drop=n_drop))
+    if targets:
+        xforms.append(SynthWeightd(inputs=inputs, targets=targets, present_weight=present_weight))
     return Compose(xforms)
 
 

@@ -17,6 +17,16 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 from data_prep.datalist import DatasetValidationError, add_cli_arguments, assign_folds, cli_main, prepare
 from medmtl.datalist import canonical_channel_order, load_datalist
 
+
+def _image(shape, value, dtype=np.int16) -> np.ndarray:
+    """An image of mean ``value`` that is not constant (a constant image is an unusable contrast)."""
+    data = np.full(shape, value, dtype)
+    k = min(3, data.ndim)  # a 4D image: every channel varies
+    data[(0,) * k] += 1
+    data[(1,) + (0,) * (k - 1)] -= 1
+    return data
+
+
 AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
 SHAPE = (6, 5, 4)
 #: Each contrast is written as a constant volume of its own value, so channel order can be checked.
@@ -44,14 +54,14 @@ def _seg(et: int = 3) -> np.ndarray:
 def _case2023(root: Path, case_id: str, seg: bool = True, skip: tuple[str, ...] = (), shape=SHAPE) -> None:
     for c, v in VALUE.items():
         if c not in skip:
-            _write(root / case_id / f"{case_id}-{c}.nii.gz", np.full(shape, v, np.int16))
+            _write(root / case_id / f"{case_id}-{c}.nii.gz", _image(shape, v, np.int16))
     if seg:
         _write(root / case_id / f"{case_id}-seg.nii.gz", _seg())
 
 
 def _msd(task: Path, train: int, test: int) -> None:
     # MSD channel order FLAIR, T1w, T1gd, T2w.
-    image = np.stack([np.full(SHAPE, VALUE[c], np.float32) for c in ("t2f", "t1n", "t1c", "t2w")], axis=-1)
+    image = np.stack([_image(SHAPE, VALUE[c], np.float32) for c in ("t2f", "t1n", "t1c", "t2w")], axis=-1)
     for i in range(train):
         _write(task / "imagesTr" / f"BRATS_{i + 1:03d}.nii.gz", image)
         _write(task / "labelsTr" / f"BRATS_{i + 1:03d}.nii.gz", _seg(et=3))
@@ -70,7 +80,7 @@ def dataset(tmp_path) -> Path:
     _case2023(root / "train", "BraTS-GLI-00050-000")
     _write(
         root / "train" / "BraTS-GLI-00050-000" / "BraTS-GLI-00050-000-t2w.nii.gz",
-        np.ones((6, 5, 3), np.int16),
+        _image((6, 5, 3), 1, np.int16),
     )
     return root
 
@@ -265,7 +275,6 @@ def test_load_datalist_fold_selection_and_base_folder(dataset, tmp_path):
         ("label", "/etc/passwd", "absolute path"),
         ("image", ["a/t1n.nii.gz", "../../secret.nii.gz"], "image[1]"),
         ("t2f", "a/../../x.nii.gz", "outside the dataset folder"),
-        ("label", "a/link.nii.gz", "outside the dataset folder"),
     ],
 )
 def test_load_datalist_refuses_paths_outside_the_dataset(tmp_path, key, path, words):
@@ -278,6 +287,9 @@ def test_load_datalist_refuses_paths_outside_the_dataset(tmp_path, key, path, wo
     out = tmp_path / "d.json"
     out.write_text(json.dumps({"dataset_dir": str(base), "training": [entry]}))
     assert load_datalist(out)[0]["label"] == str(base / "a" / "inside.nii.gz")  # a link inside is fine
+    linked = {**entry, "label": "a/link.nii.gz"}  # ... wherever it points: the user laid it out so
+    out.write_text(json.dumps({"dataset_dir": str(base), "training": [linked]}))
+    assert load_datalist(out)[0]["label"] == str(base / "a" / "link.nii.gz")
     out.write_text(json.dumps({"dataset_dir": str(base), "training": [{**entry, key: path}]}))
     with pytest.raises(ValueError, match="case C1") as err:
         load_datalist(out)
@@ -302,7 +314,13 @@ def test_prepare_real_brats_cases(tmp_path):
     report = prepare(root, tmp_path / "datalist.json", folds=5, seed=0)
     elapsed = time.perf_counter() - start
     print(f"prepare on {report['found']} real cases: {elapsed:.1f} s")
-    assert (report["training"], report["testing"], report["skipped"]) == (15, 2, 0)
+    case_dirs = [d for d in root.glob("*/*") if d.is_dir() and any(d.glob("*.nii*"))]
+    labelled = [d for d in case_dirs if any("seg" in f.name.lower() for f in d.glob("*.nii*"))]
+    assert (report["training"], report["testing"], report["skipped"]) == (
+        len(labelled),
+        len(case_dirs) - len(labelled),
+        0,
+    )
     doc = json.loads((tmp_path / "datalist.json").read_text())
     conventions = {}
     for e in doc["training"]:
@@ -313,8 +331,12 @@ def test_prepare_real_brats_cases(tmp_path):
         "upenn_gbm": {"brats2021"},
         "brats2023": {"brats2023"},
     }
-    assert sorted(Counter(e["dataset"] for e in doc["training"]).values()) == [1, 1, 1, 12]
-    assert {e["case_id"] for e in doc["testing"]} == {"BraTS-GLI-00001-000", "BraTS-GLI-00028-000"}
-    assert sorted(report["fold_sizes"].values()) == [3, 3, 3, 3, 3]
+    per_release = Counter(d.parent.name for d in labelled)
+    assert Counter(e["dataset"] for e in doc["training"]) == per_release
+    assert {e["case_id"] for e in doc["testing"]} == {d.name for d in case_dirs if d not in labelled}
+    sizes = sorted(report["fold_sizes"].values())
+    assert sum(sizes) == len(labelled) and sizes[-1] - sizes[0] <= 1  # patient-grouped, balanced
     val = load_datalist(tmp_path / "datalist.json", folds=[0])
-    assert len(val) == 3 and all(Path(p).is_file() for e in val for p in e["image"])
+    assert len(val) == sum(e["fold"] == 0 for e in doc["training"]) and all(
+        Path(p).is_file() for e in val for p in e["image"]
+    )

@@ -258,6 +258,9 @@ def test_cohort_resumes_and_redoes_only_missing_cases(capsys, tiny_bundle, phant
     args = ("--datalist", datalist, "--dataset-dir", data, "--bundle", tiny_bundle, "--out", out)
     rc, stdout, _ = infer(capsys, *args)
     assert rc == 0 and "2 case(s) to run" in stdout
+    # per-case progress with an ETA, then a summary
+    assert "case 1/2 " in stdout and "case 2/2 " in stdout and "s left" in stdout
+    assert f"2 of 2 case(s) written to {out.resolve()}" in stdout
     first = mtimes(out)
     assert len(first) == 6
     time.sleep(0.01)
@@ -537,3 +540,18 @@ def test_shipped_weights_segment_every_labelled_shared_case(brats_dir):
             pred.seg, np.asarray(ref.dataobj), pred.convention, case.convention, ref.header.get_zooms()[:3]
         )
         assert scores["Dice_WT"] > 0.7, (case.case_id, scores["Dice_WT"])
+
+
+def test_small_et_becomes_netc_and_large_et_stays():
+    from medmtl.inference import small_et_to_netc
+
+    regions = np.zeros((3, 20, 20, 20), np.uint8)
+    regions[1, 2:12, 2:12, 2:12] = 1  # WT 1000 voxels
+    regions[0, 4:10, 4:10, 4:10] = 1  # TC 216 voxels
+    regions[2, 5:7, 5:7, 5:7] = 1  # ET 8 voxels = 0.064 ml at 2 mm
+    out = small_et_to_netc(regions, (2.0, 2.0, 2.0), et_min_ml=0.1)
+    assert out[2].sum() == 0 and np.array_equal(out[0], regions[0]) and np.array_equal(out[1], regions[1])
+    kept = small_et_to_netc(regions, (2.0, 2.0, 2.0), et_min_ml=0.05)
+    assert np.array_equal(kept, regions)
+    assert small_et_to_netc(regions, (2.0, 2.0, 2.0), et_min_ml=0.0) is regions
+    assert regions[2].sum() == 8  # the input is left as it was

@@ -96,6 +96,19 @@ def test_tumour_weight_hand_computed():
     assert boosted(pred, target).item() == pytest.approx((2 * 4) / (6 + 2 * 4))
 
 
+def test_per_contrast_synth_weight_hand_computed():
+    brain = torch.ones(1, 1, 2, 2, 2)
+    target = {"synth": torch.zeros(1, 2, 2, 2, 2), "brain_mask": brain}
+    pred = {"synth": torch.stack([torch.full((2, 2, 2), 1.0), torch.full((2, 2, 2), 3.0)])[None]}
+    loss = MultiTaskLoss(l2=0.0, gen_ssim=0.0)
+    assert loss(pred, target).item() == pytest.approx(2.0)
+    # the second contrast was dropped (weight 1), the first is a real input (weight 0.25)
+    weighted = dict(target, synth_weight=torch.tensor([[0.25, 1.0]]))
+    assert loss(pred, weighted).item() == pytest.approx((0.25 * 1 + 1.0 * 3) / 1.25)
+    with pytest.raises(ValueError, match="synth_weight"):
+        loss(pred, dict(target, synth_weight=torch.ones(1, 3)))
+
+
 def test_masked_ssim_without_mask_equals_monai_ssimloss_after_rescaling():
     g = torch.Generator().manual_seed(1)
     pred = torch.randn(2, 1, 16, 16, 16, generator=g)

@@ -119,10 +119,29 @@ def test_train_writes_weights_and_resumes_after_kill(phantom_data, tmp_path):
     models = run_dir / "models"
     assert (models / "model.pt").is_file() and "epoch=4" in latest_checkpoint(models)
     cfg = json.loads((models / "model_config.json").read_text())
-    assert cfg["input_contrasts"] == ["t1n", "t2w", "t2f"] and cfg["target_contrasts"] == ["t1c"]
+    # the default model: every contrast in (with its channel mask), every contrast restored
+    four = ["t1n", "t1c", "t2w", "t2f"]
+    assert cfg["input_contrasts"] == four and cfg["target_contrasts"] == four and cfg["input_mask"] is True
     state = torch.load(latest_checkpoint(models), map_location="cpu", weights_only=True)
     assert state["trainer"]["iteration"] == 4 * 3  # 4 epochs of 3 training cases, one patch each
     assert (run_dir / "configs" / "inference.json").is_file()  # the run folder is a bundle of its own
+
+    # the model-zoo way to score a trained bundle on its validation fold: train.json + evaluate.json
+    root, datalist = phantom_data
+    configs = [str(run_dir / "configs" / f) for f in ("train.json", "cpu.json", "evaluate.json")]
+    sets = {**TINY, "dataset_dir": str(root), "datalist": str(datalist), "bundle_root": str(run_dir)}
+    sets.pop("spacing")  # the evaluation reads the spacing the model was trained with
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(configs)]
+    cmd += [f"--{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sets.items()]
+    evaluated = _run(cmd)
+    saved = (run_dir / "eval" / "metrics.csv").read_text()
+    assert "val_mean_dice" in saved and "val_dice_et" in saved, evaluated.stdout[-2000:] + saved
+    dice = float(
+        next(line for line in saved.splitlines() if line.startswith("val_mean_dice"))
+        .replace(",", " ")
+        .split()[-1]
+    )
+    assert 0.0 <= dice <= 1.0
 
 
 def test_staged_schedule_freezes_encoder_bit_identical(phantom_data, tmp_path):
@@ -224,7 +243,8 @@ def test_weighting_and_missing_contrast_modes_train(phantom_data, tmp_path, extr
         learned = [v for k, v in ckpt["loss"].items() if "log" in k]
         assert learned and any(float(v.abs().max()) > 0 for v in learned), ckpt["loss"]
     cfg = json.loads((run_dir / "models" / "model_config.json").read_text())
-    assert cfg["input_mask"] is bool(extra.get("drop_contrasts_prob"))
+    # the default drops contrasts at random (input mask on); a config that sets 0 trains without one
+    assert cfg["input_mask"] is bool(extra.get("drop_contrasts_prob", 0.7))
     assert "weight_seg" in log and "weight_gen" in log  # each task's loss and weight is logged
 
 

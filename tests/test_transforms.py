@@ -15,30 +15,35 @@ from medmtl.inference import case_entry
 from medmtl.transforms import (
     BrainMaskd,
     RandDropContrastsd,
+    RegionClassesd,
     ReorderContrastsd,
     SplitTaskd,
+    SynthWeightd,
     infer_transforms,
     train_transforms,
     val_transforms,
 )
 
 SHAPE = (3, 4, 5)
-# One constant per canonical contrast, so every channel can be recognised after reordering.
+# One code per canonical contrast, so every channel can be recognised after reordering; each channel
+# is its code times a ramp (a constant channel would count as an unusable contrast).
 CODE = {"t1n": 1.0, "t1c": 2.0, "t2w": 3.0, "t2f": 4.0}
+RAMP = 1.0 + torch.arange(float(np.prod(SHAPE))).reshape(SHAPE) / float(np.prod(SHAPE))
 
 
 def coded_image(order: list[str]) -> MetaTensor:
     affine = torch.diag(torch.tensor([-2.0, -2.0, 2.0, 1.0]))
-    data = torch.stack([torch.full(SHAPE, CODE[c]) for c in order])
+    data = torch.stack([CODE[c] * RAMP for c in order])
     return MetaTensor(data, affine=affine)
 
 
 def channel_codes(image: torch.Tensor) -> list[float]:
-    """The constant of each channel (asserting the channel is constant)."""
+    """The code of each channel (asserting the channel is its code times the ramp)."""
     out = []
     for ch in image:
-        assert torch.all(ch == ch.flatten()[0]), "channel is not constant"
-        out.append(float(ch.flatten()[0]))
+        code = ch.flatten()[0]
+        assert torch.allclose(torch.as_tensor(ch), code * RAMP), "channel is not a coded ramp"
+        out.append(float(code))
     return out
 
 
@@ -63,6 +68,40 @@ def test_reorder_fills_missing_contrasts_with_zeros() -> None:
     assert out["available"].tolist() == [1.0, 0.0, 0.0, 1.0]
     with pytest.raises(ValueError, match=r"case c1: missing contrasts \['t1c', 't2w'\]"):
         ReorderContrastsd(allow_missing=False)({"image": img, "contrasts": ["t2f", "t1n"], "case_id": "c1"})
+
+
+def test_reorder_treats_a_constant_contrast_as_missing() -> None:
+    img = coded_image(["t1n", "t1c", "t2w", "t2f"])
+    img[3] = 0.0  # an all-zero FLAIR
+    img[1] = 7.0  # a constant t1c
+    out = ReorderContrastsd()({"image": img, "contrasts": ["t1n", "t1c", "t2w", "t2f"]})
+    assert out["available"].tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert out["unusable"] == "t1c,t2f"
+    assert channel_codes(out["image"]) == [1.0, 0.0, 3.0, 0.0]
+    with pytest.raises(ValueError, match=r"constant images"):
+        ReorderContrastsd(allow_missing=False)({"image": img, "contrasts": ["t1n", "t1c", "t2w", "t2f"]})
+
+
+def test_synth_weight_stresses_what_must_be_restored() -> None:
+    four = ["t1n", "t1c", "t2w", "t2f"]
+    xf = SynthWeightd(inputs=four, targets=four, present_weight=0.25)
+    # t1c dropped, t2f not acquired (nothing to compare with)
+    mask, available = torch.tensor([1.0, 0.0, 1.0, 0.0]), torch.tensor([1.0, 1.0, 1.0, 0.0])
+    out = xf({"channel_mask": mask, "synth_available": available})
+    assert out["synth_weight"].tolist() == [0.25, 1.0, 0.25, 0.0]
+    # a target that is never an input always weighs 1
+    xf = SynthWeightd(inputs=["t1n", "t2w", "t2f"], targets=["t1c"], present_weight=0.0)
+    assert xf({"channel_mask": torch.ones(3)})["synth_weight"].tolist() == [1.0]
+
+
+def test_region_classes_are_disjoint_tumour_classes() -> None:
+    regions = torch.zeros(3, 4, 1, 1)
+    regions[:, 0, 0, 0] = torch.tensor([0.0, 0.0, 0.0])  # healthy
+    regions[:, 1, 0, 0] = torch.tensor([1.0, 1.0, 0.0])  # NETC: TC without ET
+    regions[:, 2, 0, 0] = torch.tensor([0.0, 1.0, 0.0])  # SNFH: WT only
+    regions[:, 3, 0, 0] = torch.tensor([1.0, 1.0, 1.0])  # ET
+    out = RegionClassesd()({"label": regions})["crop_classes"]
+    assert out.shape == (1, 4, 1, 1) and out.flatten().tolist() == [0, 1, 2, 3]
 
 
 def test_reorder_canonical_input_unchanged_and_channel_count_checked() -> None:
@@ -266,6 +305,31 @@ def test_train_pipeline_drops_contrasts_when_asked(phantom: Path) -> None:
         for i in range(3):
             if mask[i] == 0:
                 assert torch.all(p["image"][i] == 0)
+
+
+def test_nnunet_augmentation_with_class_sampling_keeps_shapes_brain_and_centres_et(phantom: Path) -> None:
+    four = ["t1n", "t1c", "t2w", "t2f"]
+    pipe = train_transforms(
+        inputs=four, targets=four, roi_size=(16, 16, 16), spacing=(2.0, 2.0, 2.0), num_samples=40,
+        augment="nnunet", crop="classes", class_ratios=(0.0, 0.0, 0.0, 1.0), drop_contrasts_prob=1.0,
+        present_weight=0.5,
+    )  # fmt: skip
+    pipe.set_random_state(seed=0)
+    patches = pipe(case_entry(phantom))
+    et_near_centre = []
+    for p in patches:
+        assert p["image"].shape == (4, 16, 16, 16) and p["synth_target"].shape == (4, 16, 16, 16)
+        assert p["label"].shape == (3, 16, 16, 16) and set(torch.unique(p["label"]).tolist()) <= {0.0, 1.0}
+        assert "crop_classes" not in p
+        # intensity augmentation never paints outside the brain, and dropped inputs stay empty
+        assert torch.all(p["image"][:, p["brain_mask"][0] == 0] == 0)
+        mask = p["channel_mask"]
+        assert 1 <= mask.sum() <= 3
+        assert torch.all(p["image"][mask == 0] == 0)
+        assert p["synth_weight"].tolist() == [0.5 if m > 0 else 1.0 for m in mask.tolist()]
+        et_near_centre.append(float(p["label"][2, 6:10, 6:10, 6:10].sum() > 0))
+    # ET-only ratios: (after rotation/scaling about the centre) ET lies at nearly every patch centre
+    assert np.mean(et_near_centre) > 0.8
 
 
 def test_infer_pipeline_keeps_source_mask_and_handles_missing_contrasts(

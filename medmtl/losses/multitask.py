@@ -133,13 +133,14 @@ class MultiTaskLoss(nn.Module):
         return DeepSupervisionLoss(self.seg_loss, weights=weights)(outputs, regions)
 
     def voxel_weight(self, target: Mapping[str, Any]) -> torch.Tensor | None:
-        """The voxel weights of the synthesis loss: brain mask times ``1 + tumour_weight * WT``.
+        """The voxel weights of the synthesis loss: brain mask times ``1 + tumour_weight * WT``, times the
+        per-contrast ``target["synth_weight"]`` (B, S) when given.
 
         Args:
             target: the target dict (``"synth"``, optional ``"brain_mask"`` and ``"seg"``).
 
         Returns:
-            ``(B, 1, *S)`` weights, or ``None`` when every voxel counts once.
+            ``(B, 1 or S, *S)`` weights, or ``None`` when every voxel counts once.
         """
         synth = target["synth"]
         weight: torch.Tensor | None = None
@@ -158,6 +159,15 @@ class MultiTaskLoss(nn.Module):
             wt = target["seg"][:, _WT : _WT + 1].to(synth.dtype)
             boost = 1.0 + self.tumour_weight * wt
             weight = boost if weight is None else weight * boost
+        if "synth_weight" in target:
+            per_channel = target["synth_weight"].to(synth.dtype)
+            if per_channel.shape != synth.shape[:2]:
+                raise ValueError(
+                    f"target['synth_weight'] must have shape {list(synth.shape[:2])}, "
+                    f"found {list(per_channel.shape)}"
+                )
+            per_channel = per_channel.view(*synth.shape[:2], *([1] * (synth.dim() - 2)))
+            weight = per_channel if weight is None else weight * per_channel
         return weight
 
     # ------------------------------------------------------------------ API

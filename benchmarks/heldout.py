@@ -1,0 +1,134 @@
+"""Held-out scores of a bundle, as a user gets them: ``medmtl infer`` + ``medmtl evaluate`` on one fold.
+
+For each scenario the fold's cases are written to a datalist that leaves out the scenario's absent
+contrasts (the case simply lacks them, as a site that did not acquire them), inferred whole-volume
+by the ``medmtl infer`` command and scored by ``medmtl evaluate`` against the full datalist (so a
+synthesised contrast is compared with the acquired one). Scenarios: ``all`` (four contrasts),
+``no_t1c`` (a study without gadolinium) and, with ``--subsets``, every non-empty subset of the four
+contrasts (the protocol of RFNet, Ding et al. ICCV 2021; mmFormer, Zhang et al. MICCAI 2022;
+M3AE, Liu et al. AAAI 2023).
+
+    python benchmarks/heldout.py --bundle bundles/brats_mtl --datalist runs/datalist.json --fold 0 \
+        --out runs/heldout [--subsets]
+
+Writes ``OUT/<scenario>/pred``, ``OUT/<scenario>/evaluation`` and ``OUT/heldout.json`` / ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+FOUR = ("t1n", "t1c", "t2w", "t2f")
+REGIONS = ("WT", "TC", "ET")
+
+
+def scenarios(subsets: bool) -> dict[str, tuple[str, ...]]:
+    """Scenario name -> contrasts present."""
+    out = {"all": FOUR, "no_t1c": ("t1n", "t2w", "t2f")}
+    if subsets:
+        for k in (1, 2, 3):
+            for combo in itertools.combinations(FOUR, k):
+                out.setdefault("only_" + "+".join(combo), combo)
+    return out
+
+
+def fold_datalist(datalist: Path, fold: int, present: Sequence[str], out: Path) -> Path:
+    """The fold's labelled cases, each holding only the ``present`` contrasts (relative paths kept)."""
+    doc = json.loads(datalist.read_text())
+    root = doc.get("dataset_dir") or str(datalist.parent)
+    entries = []
+    for e in doc["training"]:
+        if e.get("fold") != fold:
+            continue
+        e = dict(e)
+        order = [c for c in e["contrasts"] if c in present]
+        e["image"] = [e[c] for c in order]
+        e["contrasts"] = order
+        for c in FOUR:
+            if c not in present:
+                e.pop(c, None)
+        entries.append(e)
+    if not entries:
+        raise ValueError(f"{datalist}: fold {fold} holds no labelled case")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**doc, "dataset_dir": root, "training": entries, "testing": []}, indent=1))
+    return out
+
+
+def medmtl(*args: str) -> None:
+    """Run a ``medmtl`` command as a user would; fail loudly."""
+    cmd = [sys.executable, "-m", "medmtl.cli", *map(str, args)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+
+
+def run_scenario(
+    bundle: Path, datalist: Path, fold: int, name: str, present: Sequence[str], out: Path
+) -> dict:
+    """Infer and evaluate one scenario; returns its ``summary.json`` metrics."""
+    case_list = fold_datalist(datalist, fold, present, out / name / "datalist.json")
+    pred = out / name / "pred"
+    medmtl("infer", "--datalist", case_list, "--section", "training", "--bundle", bundle, "--out", pred)
+    ids = [e["case_id"] for e in json.loads(case_list.read_text())["training"]]
+    medmtl("evaluate", pred, "--datalist", datalist, "--out", out / name / "evaluation", "--no-figures",
+           "--cases", *ids)  # fmt: skip
+    return json.loads((out / name / "evaluation" / "summary.json").read_text())["metrics"]
+
+
+def _cell(metrics: dict[str, Any], key: str, digits: int = 3) -> str:
+    s = metrics.get(key)
+    if not s or s.get("mean") is None:
+        return "-"
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+
+def markdown(results: dict[str, dict[str, Any]], present: dict[str, tuple[str, ...]]) -> str:
+    """The held-out table: Dice / HD95 per region, synthesised t1c SSIM beside T1 copied."""
+    head = (
+        "| inputs | WT Dice | TC Dice | ET Dice | WT HD95 | TC HD95 | ET HD95 | t1c SSIM brain | "
+        "t1c SSIM tumour | T1 copied SSIM brain | t1c PSNR brain |\n" + "| --- " * 11 + "|"
+    )
+    rows = [head]
+    for name, m in results.items():
+        cells = [", ".join(present[name])]
+        cells += [_cell(m, f"Dice_{r}") for r in REGIONS] + [_cell(m, f"HD95_{r}", 1) for r in REGIONS]
+        absent_t1c = "t1c" not in present[name]
+        for key in ("t1c_SSIM_brain", "t1c_SSIM_tumour", "t1c_baseline_SSIM_brain"):
+            cells.append(_cell(m, key) if absent_t1c else "-")
+        cells.append(_cell(m, "t1c_PSNR_brain", 1) if absent_t1c else "-")
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the held-out evaluation; returns ``{scenario: metrics}``."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--bundle", type=Path, required=True, help="bundle folder with trained weights")
+    p.add_argument("--datalist", type=Path, required=True, help="datalist from `medmtl prepare`")
+    p.add_argument("--fold", type=int, default=0, help="held-out fold")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--subsets", action="store_true", help="every non-empty subset of the four contrasts")
+    args = p.parse_args(argv)
+    present = scenarios(args.subsets)
+    results = {}
+    for name, contrasts in present.items():
+        results[name] = run_scenario(args.bundle, args.datalist, args.fold, name, contrasts, args.out)
+        print(
+            f"{name}: " + ", ".join(f"{r} {_cell(results[name], f'Dice_{r}')}" for r in REGIONS), flush=True
+        )
+    (args.out / "heldout.json").write_text(json.dumps(results, indent=1))
+    (args.out / "heldout.md").write_text(markdown(results, present))
+    print(markdown(results, present))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""BraTS challenge scores computed by the official packages: lesion-wise segmentation, local synthesis.
+
+Lesion-wise Dice and HD95 per region (ET, TC, WT) come from the ``brats-evaluation`` package (the
+official BraTS 2023+ segmentation evaluation, built on ``panoptica``): each region is split into
+connected components, predicted and reference lesions are matched one-to-one (maximum bipartite
+matching on Dice, any overlap counts), and Dice / HD95 are averaged over the matched lesions, exactly
+as its ``brats-parse-metrics seg`` command reports them (``lesionwise_dsc_mean_<region>``,
+``lesionwise_hd95_mean_<region>``). Nothing of the matching is re-implemented here: the package's own
+bundled configuration is loaded and run.
+
+The official configurations expect BraTS 2023+ label values (ET = 3; in the post-treatment glioma
+configuration 4 is the resection cavity), so label maps in another convention are converted first: a
+BraTS 2018-2021 map (ET = 4) given as it is would have its enhancing tumour scored as resection cavity.
+
+Local-synthesis (inpainting) scores come from the ``inpainting`` package (the official BraTS 2023
+local synthesis metrics): both images are normalised with the 0.5 / 99.5 percentiles of the voided
+input image and SSIM, PSNR and MSE are taken inside the inpainted region.
+
+Both packages are optional (``pip install "medmtl[brats]"``); :func:`brats_evaluation_status` and
+:func:`inpainting_status` say whether they can be used.
+
+References:
+    Kofler et al., "Panoptica -- instance-wise evaluation of 3D semantic and instance segmentation
+    maps", arXiv:2312.02608 (2023); package ``brats-evaluation`` (github.com/BrainLesion/BraTS-evaluation).
+    Kofler et al., "The Brain Tumor Segmentation (BraTS) Challenge 2023: Local Synthesis of Healthy
+    Brain Tissue via Inpainting", arXiv:2305.08992 (2023); package ``inpainting``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import warnings
+from collections.abc import Sequence
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+from medmtl.labels import REGIONS, check_label_values, convert_convention
+
+#: PyPI name of the official BraTS segmentation evaluation.
+BRATS_EVALUATION_PACKAGE: str = "brats-evaluation"
+
+#: PyPI name of the official BraTS 2023 local synthesis (inpainting) metrics.
+INPAINTING_PACKAGE: str = "inpainting"
+
+#: Bundled ``brats-evaluation`` configuration used by default (glioma; regions et, tc, wt).
+DEFAULT_CONFIG: str = "gli"
+
+#: Our region name -> the label group of the official configurations.
+CONFIG_GROUPS: dict[str, str] = {"ET": "et", "TC": "tc", "WT": "wt"}
+
+#: Lesion-wise metric names, each reported per region as ``<name>_<region>``.
+LESIONWISE_METRICS: tuple[str, ...] = ("LesionDice", "LesionHD95", "LesionTP", "LesionFP", "LesionFN")
+
+#: HD95 (mm) that the official parser gives in place of an infinite one (no prediction, or no match):
+#: the diameter of the 240 x 240 x 155 mm SRI-24 volume, rounded as the package rounds it.
+HD95_PENALTY: float = 373.0
+
+#: Inpainting metric names of the official package that we report (prefixed ``Inpaint``).
+INPAINTING_METRICS: tuple[str, ...] = ("ssim", "psnr", "mse")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def brats_evaluation_status() -> dict[str, Any]:
+    """Whether the official BraTS segmentation evaluation can be used, for reports.
+
+    Returns:
+        ``{"available": bool, "package": "brats-evaluation", "version": str | None, "config": str,
+        "reason": str | None}``; ``reason`` says why it is unavailable and how to install it.
+    """
+    status: dict[str, Any] = {
+        "available": False,
+        "package": BRATS_EVALUATION_PACKAGE,
+        "version": _version(BRATS_EVALUATION_PACKAGE),
+        "panoptica_version": _version("panoptica"),
+        "config": DEFAULT_CONFIG,
+        "reason": None,
+    }
+    try:
+        import brats_evaluation  # noqa: F401
+        import panoptica  # noqa: F401
+    except ImportError as err:
+        status["reason"] = (
+            f"the official BraTS evaluation package is not installed ({err}); "
+            'install it with `pip install "medmtl[brats]"` to get the lesion-wise scores'
+        )
+        return status
+    status["available"] = True
+    return status
+
+
+def inpainting_status() -> dict[str, Any]:
+    """Whether the official BraTS 2023 inpainting metrics can be used.
+
+    Returns:
+        ``{"available": bool, "package": "inpainting", "version": str | None, "reason": str | None}``.
+    """
+    status: dict[str, Any] = {
+        "available": False,
+        "package": INPAINTING_PACKAGE,
+        "version": _version(INPAINTING_PACKAGE),
+        "reason": None,
+    }
+    try:
+        from inpainting import challenge_metrics_2023  # noqa: F401
+    except ImportError as err:
+        status["reason"] = (
+            f"the official BraTS inpainting metrics package is not installed ({err}); "
+            'install it with `pip install "medmtl[brats]"`'
+        )
+        return status
+    status["available"] = True
+    return status
+
+
+@functools.lru_cache(maxsize=4)
+def load_evaluator(config: str = DEFAULT_CONFIG) -> Any:
+    """The official ``panoptica`` evaluator of a bundled ``brats-evaluation`` configuration.
+
+    Args:
+        config: bundled configuration name (``gli``, ``mets``, ``ped``, ``MenRT``, ``MenPre``, ``GoAT``;
+            see ``brats_evaluation.config_path``).
+
+    Returns:
+        A ``panoptica.Panoptica_Evaluator``.
+
+    Raises:
+        ImportError: when ``brats-evaluation`` is not installed.
+    """
+    status = brats_evaluation_status()
+    if not status["available"]:
+        raise ImportError(status["reason"])
+    import brats_evaluation
+    from panoptica import Panoptica_Evaluator
+
+    # The loader prints a note about labels shared by several groups (tc, wt): intended by the config.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return Panoptica_Evaluator.load_from_config(brats_evaluation.config_path(config))
+
+
+def to_brats2023(label: Any, convention: str, name: str = "label map") -> np.ndarray:
+    """A label map in BraTS 2023+ values (NETC 1, SNFH 2, ET 3), as the official configurations expect.
+
+    Args:
+        label: integer label map (H, W, D).
+        convention: its convention (see :mod:`medmtl.labels`).
+        name: what the map is (a file name), for error messages.
+
+    Returns:
+        uint8 array in the ``brats2023`` convention.
+
+    Raises:
+        ValueError: naming ``name`` when the map holds values outside ``convention``.
+    """
+    arr = np.rint(np.asarray(label)).astype(np.int16)
+    try:
+        check_label_values(arr, convention)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from err
+    return np.asarray(convert_convention(arr, convention, "brats2023")).astype(np.uint8)
+
+
+def _official_values(region_result: dict[str, Any]) -> dict[str, float]:
+    # Same keys and the same treatment as brats_evaluation.metrics_parser.parse_seg_results.
+    return {
+        "LesionDice": float(region_result.get("sq_dsc", np.nan)),
+        "LesionHD95": float(region_result.get("sq_hd95", np.nan)),
+        "LesionTP": float(region_result.get("tp", np.nan)),
+        "LesionFP": float(region_result.get("fp", np.nan)),
+        "LesionFN": float(region_result.get("fn", np.nan)),
+    }
+
+
+def lesionwise_metrics(
+    pred_label: Any,
+    true_label: Any,
+    pred_convention: str,
+    true_convention: str,
+    spacing: Sequence[float] | None = None,
+    config: str = DEFAULT_CONFIG,
+    pred_name: str = "prediction",
+    true_name: str = "reference",
+) -> dict[str, float]:
+    """Lesion-wise Dice and HD95 per region (ET, TC, WT) from the official BraTS evaluation.
+
+    Both maps are converted to BraTS 2023+ values and scored by ``brats-evaluation``'s bundled
+    ``panoptica`` configuration. The values are those of the package's ``lesionwise_dsc_mean`` and
+    ``lesionwise_hd95_mean`` columns: Dice / HD95 averaged over matched lesions; when no lesion is
+    matched, Dice 0 and HD95 infinite; when the region is empty in both maps, NaN.
+
+    Args:
+        pred_label: predicted label map (H, W, D), same grid as ``true_label``.
+        true_label: reference label map.
+        pred_convention: label convention of the prediction.
+        true_convention: label convention of the reference.
+        spacing: voxel size in mm along the array axes (1 mm isotropic when None).
+        config: bundled ``brats-evaluation`` configuration.
+        pred_name: name of the prediction (its file) for error messages.
+        true_name: name of the reference (its file) for error messages.
+
+    Returns:
+        Per region R in TC, WT, ET: ``LesionDice_R``, ``LesionHD95_R`` (mm), ``LesionTP_R``,
+        ``LesionFP_R``, ``LesionFN_R`` (matched, unmatched predicted, unmatched reference lesions).
+
+    Raises:
+        ImportError: when ``brats-evaluation`` is not installed.
+        ValueError: naming the file when the maps differ in shape or hold values outside their
+            convention.
+    """
+    evaluator = load_evaluator(config)
+    pred = to_brats2023(np.squeeze(np.asarray(pred_label)), pred_convention, pred_name)
+    true = to_brats2023(np.squeeze(np.asarray(true_label)), true_convention, true_name)
+    if pred.shape != true.shape or pred.ndim != 3:
+        raise ValueError(
+            f"{pred_name}: shape {pred.shape} differs from the reference {true_name} {true.shape}"
+        )
+    sp = (1.0, 1.0, 1.0) if spacing is None else tuple(float(s) for s in spacing)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        # panoptica warns that its surface-dice tolerance is a default and prints a citation banner.
+        warnings.simplefilter("ignore", UserWarning)
+        skip = [g for g in evaluator.segmentation_class_groups_names if g not in CONFIG_GROUPS.values()]
+        results = evaluator.evaluate(pred, true, voxelspacing=sp, skip_groups=skip)
+    out: dict[str, float] = {}
+    for region in REGIONS:
+        values = _official_values(results[CONFIG_GROUPS[region]].to_dict())
+        for key, value in values.items():
+            out[f"{key}_{region}"] = value
+    return out
+
+
+def inpainting_metrics(prediction: Any, target: Any, voided: Any, mask: Any) -> dict[str, float]:
+    """BraTS 2023 local synthesis scores of an inpainted image, by the official ``inpainting`` package.
+
+    Args:
+        prediction: the inpainted image (H, W, D), the case's own intensity scale.
+        target: the acquired image, same grid.
+        voided: the input image with the region blanked; its 0.5 / 99.5 percentiles normalise both.
+        mask: the inpainted region (non-zero voxels).
+
+    Returns:
+        ``InpaintSSIM``, ``InpaintPSNR`` (dB, data range of the normalised reference) and ``InpaintMSE``,
+        all inside ``mask``.
+
+    Raises:
+        ImportError: when ``inpainting`` is not installed.
+        ValueError: when the shapes differ or the mask is empty.
+    """
+    status = inpainting_status()
+    if not status["available"]:
+        raise ImportError(status["reason"])
+    import torch
+    from inpainting.challenge_metrics_2023 import generate_metrics
+
+    arrays = [np.asarray(a, dtype=np.float32) for a in (prediction, target, voided)]
+    region = np.asarray(mask) != 0
+    if any(a.shape != region.shape for a in arrays):
+        shapes = [a.shape for a in arrays]
+        raise ValueError(f"image shapes {shapes} differ from the mask shape {region.shape}")
+    if not region.any():
+        raise ValueError("the inpainting mask is empty: nothing to score")
+    # The package takes (1, H, W, D) tensors, the layout of its own NIfTI reader.
+    pred_t, target_t, voided_t = (torch.from_numpy(a).unsqueeze(0) for a in arrays)
+    with contextlib.redirect_stdout(io.StringIO()):
+        scores = generate_metrics(pred_t, target_t, voided_t, torch.from_numpy(region).unsqueeze(0))
+    return {f"Inpaint{k.upper()}": float(scores[k]) for k in INPAINTING_METRICS}
+
+
+__all__: Sequence[str] = (
+    "BRATS_EVALUATION_PACKAGE",
+    "INPAINTING_PACKAGE",
+    "DEFAULT_CONFIG",
+    "CONFIG_GROUPS",
+    "LESIONWISE_METRICS",
+    "HD95_PENALTY",
+    "INPAINTING_METRICS",
+    "brats_evaluation_status",
+    "inpainting_status",
+    "load_evaluator",
+    "to_brats2023",
+    "lesionwise_metrics",
+    "inpainting_metrics",
+)
