@@ -14,7 +14,11 @@ EPOCHS="${EPOCHS:-600}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 mkdir -p "$RUN/models"
 if [ ! -f "$RUN/datalist.json" ]; then
-    medmtl prepare "$DATA" --out "$RUN/datalist.json" --folds 3 --seed 0
+    if [ -f "$HERE/models/campaign/datalist.json" ]; then
+        cp "$HERE/models/campaign/datalist.json" "$RUN/datalist.json"  # the campaign's exact split
+    else
+        medmtl prepare "$DATA" --out "$RUN/datalist.json" --folds 3 --seed 0
+    fi
 fi
 if ! ls "$RUN"/models/checkpoint_epoch=*.pt >/dev/null 2>&1; then
     seed=$(ls "$HERE"/models/campaign/checkpoint_epoch=*.pt 2>/dev/null | tail -1 || true)
