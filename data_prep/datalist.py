@@ -25,7 +25,7 @@ from data_prep.layouts import LAYOUTS, Case, discover
 from data_prep.validate import CaseReport, Problem, validate_case
 from medmtl.contrasts import CONTRASTS
 from medmtl.io import write_json
-from medmtl.labels import CONVENTIONS, REGIONS, check_convention
+from medmtl.labels import REGIONS, check_convention
 
 
 class DatasetValidationError(ValueError):
@@ -256,7 +256,15 @@ def prepare(
             + "\n".join(f"  {r.case.case_id}: {r.reason()}" for r in bad)
         )
 
-    fold_of = assign_folds([r.case.patient_id for r in labelled], folds, seed)
+    try:
+        fold_of = assign_folds([r.case.patient_id for r in labelled], folds, seed)
+    except ValueError as err:
+        # Say why so few cases are left: the skipped ones and their reasons come before the fold error.
+        skipped = "".join(f"\n  skipped {r.case.case_id}: {r.reason()}" for r in bad)
+        raise ValueError(
+            f"{len(reports)} case(s) found under {root}, {len(bad)} skipped, {len(labelled)} labelled "
+            f"usable: {err}{skipped}"
+        ) from None
     report["fold_sizes"] = {str(f): fold_of.count(f) for f in range(folds)} if labelled else {}
     datalist = {
         "name": found.names[0] if found.names else root.name,
@@ -319,35 +327,6 @@ def format_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``medmtl prepare`` arguments to ``parser``.
-
-    Args:
-        parser: the subcommand's parser.
-    """
-    parser.add_argument(
-        "data_dir", help="dataset folder (BraTS 2018-21, 2023+, UPENN-GBM, MSD Task01; any depth)"
-    )
-    parser.add_argument("--out", required=True, help="datalist JSON to write (report written beside it)")
-    parser.add_argument(
-        "--folds", type=int, default=5, help="patient-grouped cross-validation folds (default 5)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
-    parser.add_argument("--strict", action="store_true", help="any bad case: exit 1 and write nothing")
-    parser.add_argument(
-        "--convention",
-        choices=list(CONVENTIONS),
-        default=None,
-        help="declare the label convention (default: detect per case from the label values)",
-    )
-    parser.add_argument(
-        "--allow-missing", action="store_true", help="keep cases lacking a contrast (default: skip them)"
-    )
-    parser.add_argument(
-        "--workers", type=int, default=1, help="threads reading files in parallel (default 1)"
-    )
-
-
 def cli_main(args: argparse.Namespace) -> int:
     """Run ``medmtl prepare``.
 
@@ -378,7 +357,6 @@ def cli_main(args: argparse.Namespace) -> int:
 
 __all__ = [
     "DatasetValidationError",
-    "add_cli_arguments",
     "assign_folds",
     "case_entry",
     "cli_main",

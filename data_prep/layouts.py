@@ -224,7 +224,16 @@ def identify(case_id: str, default_dataset: str) -> tuple[str, str, str | None]:
     return default_dataset, case_id, None
 
 
-def _layout_of(separator: str, tokens: Sequence[str]) -> Layout:
+def layout_of(separator: str, tokens: Sequence[str]) -> Layout:
+    """The release layout that spells a case's files with this separator and these contrast tokens.
+
+    Args:
+        separator: ``-`` (BraTS 2023+) or ``_``.
+        tokens: the contrast tokens as spelt in the file names (e.g. ``t1ce``, ``T1GD``).
+
+    Returns:
+        The layout (which gives the label convention of the release).
+    """
     if separator == "-":
         return LAYOUTS["brats2023"]
     if any(t.isupper() for t in tokens):
@@ -307,7 +316,7 @@ def _discover_folder(folder: Path, files: Sequence[Path], root: Path) -> tuple[l
     cases = []
     for case_id, members in sorted(groups.items()):
         raw_tokens = [(strip_nifti_suffix(p.name) or "")[len(case_id) + 1 :] for p, _, _ in members]
-        layout = _layout_of(members[0][1], raw_tokens)
+        layout = layout_of(members[0][1], raw_tokens)
         dataset, patient, timepoint = identify(case_id, layout.name)
         case = Case(
             case_id, patient, dataset, layout.name, root, convention=layout.convention, timepoint=timepoint

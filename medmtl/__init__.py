@@ -17,16 +17,17 @@ __version__ = "0.1.0"
 from medmtl.contrasts import CONTRASTS, canonical
 
 _SUBMODULES = {
-    "contrasts", "datalist", "demo", "evaluation", "inference", "io", "labels", "losses", "metrics",
-    "networks", "report", "training", "transforms", "export", "lesion_augment", "local_synthesis",
+    "bundle_config", "challenge_metrics", "commands", "contrasts", "conventions", "datalist", "demo",
+    "evaluation", "export", "inference", "io", "labels", "lesion_augment", "local_synthesis", "losses",
+    "metrics", "networks", "report", "stages", "training", "transforms",
 }  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"medmtl.{name}")
-    if name == "REGIONS":  # medmtl.labels imports torch and MONAI: only when asked for
-        return importlib.import_module("medmtl.labels").REGIONS
+    if name == "REGIONS":
+        return importlib.import_module("medmtl.conventions").REGIONS
     if name == "load_model":
         return importlib.import_module("medmtl.inference").load_model
     raise AttributeError(f"module 'medmtl' has no attribute {name!r}")

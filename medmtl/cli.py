@@ -1,7 +1,7 @@
 """The ``medmtl`` command line: one subcommand per pipeline stage.
 
-Each stage lives in its own module (or an object of a module, ``module:attribute``), which provides
-``add_cli_arguments(parser)`` and ``cli_main(args) -> int``; this file only wires them together.
+Each subcommand's arguments live in a light module of :mod:`medmtl.commands` (no torch, no MONAI),
+whose entry point imports the stage that does the work; this file only wires them together.
 """
 
 from __future__ import annotations
@@ -11,25 +11,53 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-#: subcommand -> (module, one-line help). Order is the order of the pipeline.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "phantoms": ("data_prep.phantoms", "write synthetic BraTS-like cases (built-in data)"),
-    "prepare": ("data_prep.datalist", "discover + validate cases and write a datalist with folds"),
-    "train": ("medmtl.training", "train the bundle: staged schedule, one stage, or an ablation"),
-    "infer": ("medmtl.inference", "sliding-window inference: seg + synthesised contrasts as NIfTI"),
-    "evaluate": ("medmtl.evaluation", "score predictions: metrics.csv, summary.json, report.md, figures"),
-    "export": ("medmtl.export", "export the trained network to TorchScript or ONNX"),
-    "inpaint": ("medmtl.local_synthesis:inpaint_command", "fill a masked region with healthy tissue"),
-    "synth-lesion": ("medmtl.local_synthesis:lesion_command", "paint a tumour from a label map into a case"),
-    "demo": ("medmtl.demo", "the whole pipeline on built-in synthetic data (CPU, a few minutes)"),
+#: subcommand -> (module of :mod:`medmtl.commands`, its argument adder, its entry point). Order is the
+#: order of the pipeline.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "phantoms": ("phantoms", "add_arguments", "main"),
+    "prepare": ("prepare", "add_arguments", "main"),
+    "train": ("train", "add_arguments", "main"),
+    "infer": ("infer", "add_arguments", "main"),
+    "evaluate": ("evaluate", "add_arguments", "main"),
+    "export": ("export", "add_arguments", "main"),
+    "inpaint": ("local_synthesis", "add_inpaint_arguments", "inpaint_main"),
+    "synth-lesion": ("local_synthesis", "add_lesion_arguments", "lesion_main"),
+    "demo": ("demo", "add_arguments", "main"),
 }
+#: one-line help of each subcommand (kept here: the list of commands imports none of their modules)
+HELP: dict[str, str] = {
+    "phantoms": "write synthetic BraTS-like cases (built-in data)",
+    "prepare": "discover + validate cases and write a datalist with folds",
+    "train": "train the bundle: staged schedule, one stage, or an ablation",
+    "infer": "sliding-window inference: seg + synthesised contrasts as NIfTI",
+    "evaluate": "score predictions: metrics.csv, summary.json, report.md, figures",
+    "export": "export the trained network to TorchScript or ONNX",
+    "inpaint": "fill a masked region with healthy tissue",
+    "synth-lesion": "paint a tumour from a label map into a case",
+    "demo": "the whole pipeline on built-in synthetic data (CPU, a few minutes)",
+}
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default only when it has one worth reading (not None, False or empty)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument error is one line, as every other user error is, and says where the usage is."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Build the argument parser; only the chosen subcommand's module is imported.
 
-    Every stage module imports torch and MONAI (seconds); ``medmtl --help``, ``--version`` and the
-    list of commands need none of them.
+    The stages import torch and MONAI (seconds); parsing, help and argument errors need neither.
 
     Args:
         command: the subcommand whose arguments to add (its module is imported); None adds none.
@@ -39,29 +67,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """
     from medmtl import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="medmtl",
         description="Multi-task brain-tumour MRI: segmentation + contrast synthesis with MONAI.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"medmtl {__version__}")
     parser.add_argument("--verbose", action="store_true", help="show library warnings and engine logs")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module_name, help_text) in COMMANDS.items():
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    for name, (module_name, add, entry) in COMMANDS.items():
         p = sub.add_parser(
             name,
-            help=help_text,
-            description=help_text,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            help=HELP[name],
+            description=HELP[name],
+            formatter_class=_HelpFormatter,
         )
         if name != command:
             continue
-        module_path, _, attr = module_name.partition(":")
-        module = importlib.import_module(module_path)
-        if attr:
-            module = getattr(module, attr)
-        module.add_cli_arguments(p)
-        p.set_defaults(func=module.cli_main)
+        module = importlib.import_module(f"medmtl.commands.{module_name}")
+        getattr(module, add)(p)
+        p.set_defaults(func=getattr(module, entry))
     return parser
 
 

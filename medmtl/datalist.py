@@ -16,6 +16,9 @@ from typing import Any
 
 from medmtl.contrasts import CONTRASTS, canonical_list
 
+#: sections of a datalist a command can run on (``all``: training then testing)
+DATALIST_SECTIONS: tuple[str, ...] = ("all", "training", "testing")
+
 #: Entry keys that hold file paths: the image (a list of per-contrast files or one 4D file), the label
 #: map and the per-contrast files.
 PATH_KEYS: tuple[str, ...] = ("image", "label", *CONTRASTS)

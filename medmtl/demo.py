@@ -20,18 +20,6 @@ DEMO_DEFAULTS: dict[str, Any] = {
 }
 
 
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``medmtl demo``."""
-    parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    parser.add_argument("--cases", type=int, default=DEMO_DEFAULTS["n_cases"], help="number of phantoms")
-    parser.add_argument("--epochs", type=int, default=DEMO_DEFAULTS["epochs"], help="training epochs")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--stage", default="plain", help="plain (joint training from scratch) or all (the staged schedule)"
-    )
-    parser.add_argument("--fresh", action="store_true", help="delete a previous demo in --out first")
-
-
 def _step(title: str) -> float:
     print(f"\n==> {title}", flush=True)
     return time.time()
@@ -66,8 +54,8 @@ def run_demo(
     import medmtl
     from data_prep.datalist import prepare
     from data_prep.phantoms import write_phantoms
+    from medmtl.bundle_config import DEFAULT_BUNDLE
     from medmtl.evaluation import evaluate
-    from medmtl.inference import DEFAULT_BUNDLE
     from medmtl.training import train
 
     torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -36,6 +36,7 @@ from medmtl.datalist import load_datalist
 from medmtl.io import atomic_path, write_json
 from medmtl.labels import REGIONS, allowed_values, check_convention, detect_convention
 from medmtl.metrics import (
+    BRATS_MAX_HD95,
     NEAREST,
     SEGMENTATION_METRICS,
     SYNTHESIS_METRICS,
@@ -296,6 +297,7 @@ def _evaluate_case(
                 pred_convention=pred_conv,
                 synth=synth_pairs,
                 title=case.case_id,
+                scores=report.scores_line(row),
             )
     return row, notes
 
@@ -391,6 +393,11 @@ def _markdown(
             "(the BraTS 2023+ definition), computed by the official package "
             f"({package if lesion.get('available') else '`brats-evaluation`'}); a region with no matched "
             f"lesion counts as HD95 {HD95_PENALTY:g} mm. Each cell: mean ± std (median), number of cases.",
+            "",
+            f"Empty masks, as BraTS scores them: when prediction and reference of a region are both empty, "
+            f"Dice is 1 and HD95 0; when exactly one is empty, Dice is 0 and voxel-wise HD95 is "
+            f"{BRATS_MAX_HD95:g} mm (the diagonal of the 240 × 240 × 155 mm BraTS field of view), so a "
+            f"few such cases dominate the mean HD95: read the median beside it.",
         ]
         if not lesion.get("available"):
             lines += ["", f"**Lesion-wise scores not computed**: {lesion.get('reason')}."]
@@ -544,23 +551,6 @@ def evaluate(
     return {"rows": rows, "summary": summary, **lists}
 
 
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``medmtl evaluate``.
-
-    Args:
-        parser: the subcommand's parser.
-    """
-    parser.add_argument("pred_dir", type=Path, help="folder of predictions written by inference")
-    parser.add_argument("--datalist", type=Path, required=True, help="medmtl datalist JSON")
-    parser.add_argument(
-        "--dataset-dir", type=Path, default=None, help="root of the datalist's relative paths"
-    )
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: PRED_DIR/evaluation)")
-    parser.add_argument("--section", default="training", help="datalist section to score (default: training)")
-    parser.add_argument("--cases", nargs="+", default=None, metavar="ID", help="score only these cases")
-    parser.add_argument("--no-figures", action="store_true", help="skip the per-case and summary figures")
-
-
 def cli_main(args: argparse.Namespace) -> int:
     """Run ``medmtl evaluate`` and print the headline numbers.
 
@@ -599,6 +589,5 @@ __all__: Sequence[str] = (
     "METRIC_DEFINITIONS",
     "evaluate",
     "summarise",
-    "add_cli_arguments",
     "cli_main",
 )

@@ -37,6 +37,15 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from medmtl.bundle_config import (
+    EXPORT_FORMATS,
+    MODEL_CONFIG_FILE,
+    NETWORK_OUTPUTS,
+    bundle_file,
+    read_metadata,
+    read_model_config,
+    read_state_dict,
+)
 from medmtl.io import atomic_path
 from medmtl.networks import BranchView, MultiTaskUNet, TupleView
 
@@ -55,8 +64,8 @@ __all__ = [
 ]
 
 #: export format -> default file suffix
-FORMATS: dict[str, str] = {"torchscript": ".ts", "onnx": ".onnx"}
-_OUTPUTS = ("seg", "synth")
+FORMATS: dict[str, str] = EXPORT_FORMATS
+_OUTPUTS = NETWORK_OUTPUTS
 #: model-config fields an exported file must share with the bundle it runs in
 _CONFIG_FIELDS = (
     "input_contrasts",
@@ -66,7 +75,6 @@ _CONFIG_FIELDS = (
     "network_kwargs",
     "input_mask",
 )
-_MODEL_CONFIG_FILE = "model_config.json"
 _EXPORT_FILE = "export.json"
 #: the inference config's network entry that runs an exported file (see :func:`load_network`)
 _LOAD_NETWORK = "$medmtl.export.load_network(@network_def, @model_path, @device, @exported, @model_config)"
@@ -111,13 +119,7 @@ def load_weights(net: nn.Module, model_path: str | os.PathLike) -> nn.Module:
         ValueError: when the file does not hold this network's weights.
     """
     path = Path(model_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the bundle has no trained weights (train it first)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, Mapping):
-        raise ValueError(
-            f"{path}: expected a state_dict (a mapping of tensors), found {type(state).__name__}"
-        )
+    state = read_state_dict(path)
     try:
         net.load_state_dict(state)
     except RuntimeError as err:
@@ -142,17 +144,12 @@ def bundle_network(bundle_root: str | os.PathLike) -> tuple[MultiTaskUNet, dict[
     """
     from monai.bundle import ConfigParser
 
-    from medmtl.inference import read_model_config
-
     root = Path(bundle_root).resolve()
-    config = root / "configs" / "inference.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"{config} not found: {root} is not a medmtl bundle")
-    model_config = read_model_config(root / "models" / _MODEL_CONFIG_FILE)
+    config = bundle_file(root)
+    model_config = read_model_config(root / "models" / MODEL_CONFIG_FILE)
     parser = ConfigParser()
     parser.read_config(str(config))
-    meta_file = root / "configs" / "metadata.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    meta = read_metadata(root)
     parser["bundle_root"] = str(root)
     net = parser.get_parsed_content("network_def")
     load_weights(net, root / "models" / "model.pt")
@@ -270,7 +267,7 @@ def export_torchscript(
         )
         extra = {_EXPORT_FILE: json.dumps(_export_info(net, "torchscript", outputs)).encode()}
         if model_config is not None:
-            extra[_MODEL_CONFIG_FILE] = json.dumps(dict(model_config)).encode()
+            extra[MODEL_CONFIG_FILE] = json.dumps(dict(model_config)).encode()
         with atomic_path(path, overwrite=overwrite) as tmp:
             save_net_with_metadata(
                 scripted,
@@ -527,12 +524,12 @@ def load_exported(
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.", category=DeprecationWarning)
             try:
                 module, _, extra = load_net_with_metadata(
-                    str(p), map_location=dev, more_extra_files=(_EXPORT_FILE, _MODEL_CONFIG_FILE)
+                    str(p), map_location=dev, more_extra_files=(_EXPORT_FILE, MODEL_CONFIG_FILE)
                 )
             except RuntimeError as err:
                 raise ValueError(f"{p} is not a TorchScript file ({err})") from err
         info = json.loads(extra[_EXPORT_FILE]) if extra.get(_EXPORT_FILE) else {}
-        embedded = json.loads(extra[_MODEL_CONFIG_FILE]) if extra.get(_MODEL_CONFIG_FILE) else None
+        embedded = json.loads(extra[MODEL_CONFIG_FILE]) if extra.get(MODEL_CONFIG_FILE) else None
     outputs = info.get("outputs", list(_OUTPUTS))
     if list(outputs) != list(_OUTPUTS):
         raise ValueError(
@@ -601,19 +598,6 @@ def inference_overrides(exported: str | os.PathLike) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------------------------
 # CLI
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``medmtl export``."""
-    parser.add_argument(
-        "--bundle", required=True, help="trained bundle folder (models/model.pt + model_config.json)"
-    )
-    parser.add_argument("--format", required=True, choices=sorted(FORMATS), help="export format")
-    parser.add_argument("--out", help="output file (default: BUNDLE/models/model.ts or model.onnx)")
-    parser.add_argument("--branch", choices=list(_OUTPUTS), help="export one output only, as a single tensor")
-    parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
-    parser.add_argument("--no-check", action="store_true", help="skip the comparison with PyTorch")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
 def cli_main(args: argparse.Namespace) -> int:

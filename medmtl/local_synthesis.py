@@ -377,7 +377,7 @@ def _source_brain(files: Mapping[str, str]) -> tuple[np.ndarray, dict[str, np.nd
 
 
 def _load_bundle(bundle: str | os.PathLike | None, device: str | None) -> tuple[torch.nn.Module, dict, Any]:
-    from medmtl.inference import read_model_config
+    from medmtl.bundle_config import read_model_config
     from medmtl.networks import get_network
 
     root = Path(bundle or DEFAULT_LOCAL_BUNDLE)
@@ -429,7 +429,7 @@ def run_local(
     from monai.inferers import SlidingWindowInferer
     from monai.transforms import Invertd
 
-    from medmtl.inference import case_entry
+    from medmtl.inference.cases import case_entry
     from medmtl.transforms import brain_crop_transforms
 
     if task not in TASKS:
@@ -548,23 +548,6 @@ def synthesise_lesion(
 # CLI
 
 
-def add_cli_arguments(parser: argparse.ArgumentParser, task: str) -> None:
-    """Arguments of ``medmtl inpaint`` / ``medmtl synth-lesion``."""
-    parser.add_argument("case", help="case folder (any supported layout) with all four contrasts")
-    if task == "inpaint":
-        parser.add_argument("--mask", required=True, help="region to fill (NIfTI on the case's grid)")
-    else:
-        parser.add_argument(
-            "--label", required=True, help="lesion label map (NIfTI, BraTS labels, case grid)"
-        )
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument(
-        "--bundle", default=None, help="bundle with models/local_synthesis (default: shipped)"
-    )
-    parser.add_argument("--device", default=None, help="torch device (default: cuda when available)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-
-
 def cli_main(args: argparse.Namespace, task: str) -> int:
     """Run ``medmtl inpaint`` / ``medmtl synth-lesion`` (user errors are reported by :mod:`medmtl.cli`)."""
     prog = "medmtl inpaint" if task == "inpaint" else "medmtl synth-lesion"
@@ -584,24 +567,3 @@ def cli_main(args: argparse.Namespace, task: str) -> int:
         flush=True,
     )
     return 0
-
-
-class _Command:
-    """One of the two subcommands of this module, in the shape :mod:`medmtl.cli` expects."""
-
-    def __init__(self, task: str, doc: str) -> None:
-        self.task, self.__doc__ = task, doc
-
-    def add_cli_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_cli_arguments(parser, self.task)
-
-    def cli_main(self, args: argparse.Namespace) -> int:
-        return cli_main(args, self.task)
-
-
-inpaint_command = _Command(
-    "inpaint", "Fill a region of a case with synthesised healthy tissue (all four contrasts)."
-)
-lesion_command = _Command(
-    "lesion", "Paint a tumour that follows a BraTS label map into a case (all four contrasts)."
-)

@@ -136,6 +136,7 @@ def case_figure(
     pred_convention: str | None = None,
     synth: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
     title: str | None = None,
+    scores: str | None = None,
     radiological: bool = True,
     dpi: int = 80,
 ) -> Path:
@@ -156,6 +157,7 @@ def case_figure(
         pred_convention: convention of ``pred_label``.
         synth: contrast -> (acquired image, synthesised image).
         title: figure title (the case id).
+        scores: one line of the case's scores, printed under the title (see :func:`scores_line`).
         radiological: patient's right on the image left in axial and coronal views.
         dpi: resolution of the PNG.
 
@@ -233,13 +235,42 @@ def case_figure(
                 ax.text(0.02, 0.98, left, ha="left", **kw)
                 ax.text(0.98, 0.98, right, ha="right", **kw)
         if style.get("cmap") == "RdBu_r":
-            fig.colorbar(im, ax=axes[row, :].tolist(), fraction=0.03, pad=0.01)
+            bar = fig.colorbar(im, ax=axes[row, :].tolist(), fraction=0.03, pad=0.01)
+            bar.set_label("synth - acquired\n(scaled intensity)", fontsize=7)
+        elif row == 0:
+            bar = fig.colorbar(im, ax=axes[row, :].tolist(), fraction=0.03, pad=0.01)
+            bar.set_label("intensity, brain\nscaled to [0, 1]", fontsize=7)
     if labels:
         handles = [_patch(name) for name in COLOURS]
         fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=11)
+    if title or scores:
+        fig.suptitle("\n".join(t for t in (title, scores) if t), fontsize=10)
     return _save(fig, out_path, dpi)
+
+
+def scores_line(row: Mapping[str, Any]) -> str:
+    """The headline scores of one case (a row of ``metrics.csv``), for its figure.
+
+    Args:
+        row: metric name -> value (``Dice_TC``, ``HD95_WT``, ``t1c_SSIM_brain``, ...).
+
+    Returns:
+        E.g. ``"Dice TC 0.81 WT 0.90 ET 0.70 | t1c SSIM 0.62 (copy 0.37)"``; empty without scores.
+    """
+
+    def num(key: str) -> float | None:
+        value = row.get(key)
+        return float(value) if isinstance(value, (int, float)) and np.isfinite(value) else None
+
+    parts = []
+    dice = [f"{r} {num(f'Dice_{r}'):.2f}" for r in REGIONS if num(f"Dice_{r}") is not None]
+    if dice:
+        parts.append("Dice " + " ".join(dice))
+    for c in CONTRASTS:
+        ssim, base = num(f"{c}_SSIM_brain"), num(f"{c}_baseline_SSIM_brain")
+        if ssim is not None:
+            parts.append(f"{c} SSIM {ssim:.2f}" + (f" (copy {base:.2f})" if base is not None else ""))
+    return " | ".join(parts)
 
 
 def _patch(name: str) -> Any:

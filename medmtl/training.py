@@ -15,7 +15,10 @@ from typing import Any
 
 import torch
 from monai.engines.utils import PrepareBatch
+from monai.metrics import CumulativeIterationMetric
 from monai.utils import CommonKeys as Keys
+
+from medmtl.stages import ABLATIONS, STAGES, TASK_CONFIGS  # noqa: F401 - part of this module's API
 
 logger = logging.getLogger("medmtl.training")
 
@@ -97,10 +100,10 @@ class SegOutput:
 
 
 class SynthOutput:
-    """Output transform for synthesis metric handlers: brain-masked images rescaled to [0, 1].
+    """Output transform for synthesis metric handlers: ``(synthesised, acquired + brain mask)``.
 
-    Both images are clipped to the target's 0.5-99.5 brain percentiles and rescaled by them, as the
-    BraTS synthesis challenge does, and zeroed outside the brain so background cannot inflate scores.
+    The brain mask travels as one more channel of the target, so that :class:`BrainSynthesisMetric`
+    scores the brain voxels only, as ``medmtl evaluate`` does.
 
     Args:
         channel: synthesised channel to keep; all when None.
@@ -114,21 +117,54 @@ class SynthOutput:
         pred = out[Keys.PRED]["synth"].float()
         target = out[Keys.LABEL]["synth"].float()
         mask = out[Keys.LABEL].get("brain_mask")
-        mask = torch.ones_like(target[:, :1]) if mask is None else (mask > 0).float()
+        mask = (target[:, :1] != 0).float() if mask is None else (mask > 0).float()
         if self.channel is not None:
-            pred, target = (
-                pred[:, self.channel : self.channel + 1],
-                target[:, self.channel : self.channel + 1],
-            )
-        preds, targets = [], []
-        for p, t, m in zip(pred, target, mask):
-            inside = t[:, m[0] > 0] if m.sum() > 0 else t.flatten(1)
-            lo = torch.quantile(inside.flatten()[:: max(1, inside.numel() // 100000)], 0.005)
-            hi = torch.quantile(inside.flatten()[:: max(1, inside.numel() // 100000)], 0.995)
-            scale = (hi - lo).clamp_min(1e-6)
-            preds.append(((p - lo) / scale).clamp(0, 1) * m)
-            targets.append(((t - lo) / scale).clamp(0, 1) * m)
-        return torch.stack(preds), torch.stack(targets)
+            pred = pred[:, self.channel : self.channel + 1]
+            target = target[:, self.channel : self.channel + 1]
+        return pred, torch.cat([target, mask.to(target)], dim=1)
+
+
+class BrainSynthesisMetric(CumulativeIterationMetric):
+    """SSIM or PSNR of synthesised contrasts in the brain, defined exactly as ``medmtl evaluate`` does.
+
+    Each image is clipped at its brain's 0.5 / 99.5 percentiles and scaled to [0, 1]; the SSIM map
+    (scikit-image, 7-voxel window) and the squared error are averaged over the brain voxels only
+    (:func:`medmtl.metrics.synthesis_metrics`). The training loop scores on its validation grid (2 mm
+    with the cpu preset) with every contrast in the input, so it measures how well the inputs are
+    restored; the synthesis of a contrast the case lacks is measured by ``medmtl evaluate`` on an
+    inference run without it.
+
+    Args:
+        score: ``"SSIM"`` or ``"PSNR"``.
+    """
+
+    def __init__(self, score: str = "SSIM") -> None:
+        super().__init__()
+        if score not in ("SSIM", "PSNR"):
+            raise ValueError(f"score must be SSIM or PSNR, got {score!r}")
+        self.score = score
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        from medmtl.metrics import synthesis_metrics
+
+        pred = y_pred.detach().float().cpu().numpy()
+        target = y.detach().float().cpu().numpy()
+        brain = target[:, -1] > 0
+        scores = torch.full(pred.shape[:2], float("nan"))
+        for b in range(pred.shape[0]):
+            if not brain[b].any():
+                continue
+            for c in range(pred.shape[1]):
+                value = synthesis_metrics(pred[b, c], target[b, c], brain[b])[f"{self.score}_brain"]
+                scores[b, c] = min(value, 100.0)  # identical images: PSNR inf, kept finite for the mean
+        return scores
+
+    def aggregate(self) -> torch.Tensor:
+        """The mean over cases and contrasts (cases without a brain are left out)."""
+        data = self.get_buffer()
+        if not isinstance(data, torch.Tensor) or data.numel() == 0:
+            return torch.tensor(float("nan"))
+        return torch.nanmean(data.float())
 
 
 class TaskLossLogger:
@@ -251,7 +287,7 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -
 def write_model_config(ckpt_dir: str | os.PathLike, config: dict[str, Any]) -> str:
     """Save the network/task description beside the weights a training run writes.
 
-    Inference reads it back (:func:`medmtl.inference.read_model_config`), so a model trained with
+    Inference reads it back (:func:`medmtl.bundle_config.read_model_config`), so a model trained with
     any preset is rebuilt exactly, whatever the inference config's defaults are.
 
     Args:
@@ -268,13 +304,6 @@ def write_model_config(ckpt_dir: str | os.PathLike, config: dict[str, Any]) -> s
 
 # ----------------------------------------------------------------------------------------------
 # CLI: ``medmtl train`` runs the bundle's configs (there is no other training loop).
-
-#: The method's staged schedule, in order; each stage starts from the previous stage's best model.
-STAGES: tuple[str, ...] = ("pretrain_seg", "pretrain_synth", "heads", "joint")
-#: Single-task ablation configs.
-ABLATIONS: tuple[str, ...] = ("seg_only", "synth_only")
-#: Other tasks trained by a config of the same name (see :mod:`medmtl.local_synthesis`).
-TASK_CONFIGS: tuple[str, ...] = ("local_synthesis",)
 
 
 def stage_config_files(bundle: Path, stage: str, preset: str | None) -> list[str]:
@@ -347,6 +376,26 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+class _EngineStartFilter(logging.Filter):
+    """Drops ignite's "Engine run resuming from iteration 0" line.
+
+    MONAI's engines set their epoch count before ``run()``, so ignite announces every fresh run (and
+    every validation pass) as a resumption, and a real resumption as one "from iteration 0" before
+    the checkpoint is loaded; medmtl says itself when it resumes a run.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Engine run resuming from iteration 0," not in record.getMessage()
+
+
+def quiet_engine_start() -> None:
+    """Install :class:`_EngineStartFilter` on the loggers of MONAI's trainer and evaluator."""
+    for name in ("SupervisedTrainer", "SupervisedEvaluator", "Workflow"):
+        log = logging.getLogger(f"ignite.engine.engine.{name}")
+        if not any(isinstance(f, _EngineStartFilter) for f in log.filters):
+            log.addFilter(_EngineStartFilter())
+
+
 def train(
     dataset_dir: str | os.PathLike,
     datalist: str | os.PathLike,
@@ -372,14 +421,19 @@ def train(
     """
     from monai.bundle import run
 
-    from medmtl.inference import DEFAULT_BUNDLE
+    from medmtl.bundle_config import DEFAULT_BUNDLE
 
     src = Path(bundle or DEFAULT_BUNDLE).resolve()
     out = Path(run_dir).resolve()
     prepare_run_dir(src, out)
+    quiet_engine_start()
     stages = list(STAGES) if stage == "all" else [stage]
     for st in stages:
         logger.info("medmtl train: stage %s", st)
+        resume = (overrides or {}).get("resume", True)
+        ckpt = latest_checkpoint(out / "models") if resume and stage != "all" else None
+        if ckpt:
+            logger.info("medmtl train: resuming from %s", ckpt)
         run(
             config_file=stage_config_files(out, st, preset),
             meta_file=str(out / "configs" / "metadata.json"),
@@ -392,31 +446,13 @@ def train(
     return out
 
 
-def add_cli_arguments(parser: Any) -> None:
-    """Arguments of ``medmtl train``."""
-    parser.add_argument("--dataset-dir", required=True, help="root of the datalist's paths")
-    parser.add_argument("--datalist", required=True, help="datalist JSON from `medmtl prepare`")
-    parser.add_argument("--out", required=True, help="run folder: becomes a bundle with trained weights")
-    parser.add_argument(
-        "--stage",
-        default="all",
-        help=f"all (the staged schedule {' -> '.join(STAGES)}), plain (joint from scratch), "
-        f"one of {list(STAGES)}, an ablation {list(ABLATIONS)}, "
-        "or local_synthesis (healthy-tissue inpainting + lesion synthesis)",
-    )
-    parser.add_argument("--preset", default="cpu", choices=["cpu", "gpu"], help="cpu: 2 mm, small widths")
-    parser.add_argument("--bundle", default=None, help="source bundle (default: the shipped one)")
-    parser.add_argument("--epochs", type=int, help="max_epochs for each stage")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
-
-
 def cli_main(args: Any) -> int:
     """Run ``medmtl train``."""
     overrides = parse_overrides(args.set)
     if args.epochs:
         overrides["max_epochs"] = args.epochs
     out = train(args.dataset_dir, args.datalist, args.out, args.stage, args.preset, args.bundle, overrides)
-    if args.stage in TASK_CONFIGS:
+    if args.stage == "local_synthesis":
         where, use = out / "models" / args.stage / "model.pt", f"medmtl inpaint / synth-lesion --bundle {out}"
     else:
         where, use = out / "models" / "model.pt", f"medmtl infer --bundle {out}"

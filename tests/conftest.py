@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -74,10 +75,11 @@ def make_bundle(
     in_channels: int | None = None,
     model_dir: str = "models",
     stage: str = "joint",
+    refinement: dict | None = None,
 ) -> Path:
     """A bundle folder as training leaves it: the shipped configs, ``<model_dir>/model_config.json`` and
     random ``model.pt`` of the ``cpu`` preset (2 mm spacing, 64^3 windows); ``in_channels`` defaults to
-    one per input contrast."""
+    one per input contrast; ``refinement`` wraps the model in a full-resolution refinement head."""
     shutil.copytree(BUNDLE_CONFIGS, root / "configs")
     write_model_config(
         root / model_dir,
@@ -88,7 +90,7 @@ def make_bundle(
             "roi_size": [64, 64, 64],
             "val_roi_size": [64, 64, 64],
             "network_preset": "cpu",
-            "network_kwargs": {},
+            "network_kwargs": {} if refinement is None else {"refinement": refinement},
             "input_mask": input_mask,
             "stage": stage,
         },
@@ -99,6 +101,7 @@ def make_bundle(
         in_channels=in_channels or len(inputs),
         synth_channels=max(1, len(targets)),
         input_mask=input_mask,
+        refinement=refinement,
     )
     torch.save(net.state_dict(), root / model_dir / "model.pt")
     return root
@@ -120,3 +123,21 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def masked_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """As :func:`tiny_bundle`, but the model was built with an input mask (missing inputs allowed)."""
     return make_bundle(tmp_path_factory.mktemp("bundle_mask") / "bundle", input_mask=True)
+
+
+def nonconstant_image(shape, value, dtype=np.int16) -> np.ndarray:
+    """An image of mean ``value`` that is not constant (a constant image is an unusable contrast)."""
+    data = np.full(shape, value, dtype)
+    k = min(3, data.ndim)  # a 4D image: every channel varies
+    data[(0,) * k] += 1
+    data[(1,) + (0,) * (k - 1)] -= 1
+    return data
+
+
+@pytest.fixture()
+def one_thread():
+    """Networks run on one core: the suite shares a small machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -12,20 +12,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import nonconstant_image as _image
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
-from data_prep.datalist import DatasetValidationError, add_cli_arguments, assign_folds, cli_main, prepare
+from data_prep.datalist import DatasetValidationError, assign_folds, prepare
+from medmtl.commands.prepare import add_arguments, main
 from medmtl.datalist import canonical_channel_order, load_datalist
-
-
-def _image(shape, value, dtype=np.int16) -> np.ndarray:
-    """An image of mean ``value`` that is not constant (a constant image is an unusable contrast)."""
-    data = np.full(shape, value, dtype)
-    k = min(3, data.ndim)  # a 4D image: every channel varies
-    data[(0,) * k] += 1
-    data[(1,) + (0,) * (k - 1)] -= 1
-    return data
-
 
 AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
 SHAPE = (6, 5, 4)
@@ -87,8 +79,8 @@ def dataset(tmp_path) -> Path:
 
 def _run_cli(*argv: str) -> int:
     parser = argparse.ArgumentParser()
-    add_cli_arguments(parser)
-    return cli_main(parser.parse_args(list(argv)))
+    add_arguments(parser)
+    return main(parser.parse_args(list(argv)))
 
 
 def test_prepare_writes_relative_datalist_report_and_skips_bad_cases(dataset, tmp_path, capsys):
@@ -228,6 +220,17 @@ def test_folds_need_enough_patients():
     with pytest.raises(ValueError, match="cannot make 5 folds from 3 patients"):
         assign_folds(["a", "a", "b", "c"], 5)
     assert assign_folds([], 5) == []
+
+
+def test_too_few_folds_says_what_was_skipped_first(dataset, tmp_path):
+    # 6 patients are usable and one case is broken: 9 folds cannot be made, and the error says why
+    # the count is what it is before it says so.
+    with pytest.raises(ValueError) as info:
+        prepare(dataset, tmp_path / "d.json", folds=9)
+    msg = str(info.value)
+    assert "1 skipped" in msg and "skipped BraTS-GLI-00050-000" in msg and "t2w" in msg, msg
+    assert msg.index("1 skipped") < msg.index("cannot make 9 folds from 6 patients"), msg
+    assert not (tmp_path / "d.json").exists()
 
 
 def test_prepare_folds_group_patients_and_depend_on_seed(dataset, tmp_path):

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from medmtl.evaluation import add_cli_arguments, cli_main, evaluate, summarise
+from medmtl.commands.evaluate import add_arguments, main
+from medmtl.evaluation import evaluate, summarise
 from medmtl.io import write_json, write_nifti
 
 BRATS_DIR = Path(
@@ -132,6 +133,7 @@ def test_evaluate_end_to_end(tmp_path, dataset):
     assert "| WT | 0.833" in report
     assert "| t1c | brain | 1.000" in report
     assert "`caseB`" in report
+    assert "373.13 mm (the diagonal" in report  # the empty-mask HD95 is explained where it is shown
     for name in ("summary.png", "caseA.png"):
         img = imread(out / "figures" / name)
         assert img.ndim == 3 and img.shape[0] > 100 and img.std() > 0.01
@@ -244,11 +246,11 @@ def test_cli(tmp_path, dataset, capsys):
     pred = tmp_path / "pred"
     _predict_case_a(pred)
     parser = argparse.ArgumentParser()
-    add_cli_arguments(parser)
+    add_arguments(parser)
     args = parser.parse_args(
         [str(pred), "--datalist", str(datalist), "--dataset-dir", str(root), "--no-figures"]
     )
-    assert cli_main(args) == 0
+    assert main(args) == 0
     out = pred / "evaluation"
     assert (
         (out / "metrics.csv").is_file() and (out / "summary.json").is_file() and (out / "report.md").is_file()

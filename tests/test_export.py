@@ -14,16 +14,16 @@ import pytest
 import torch
 from monai.data import load_net_with_metadata
 
+from medmtl.bundle_config import read_model_config
+from medmtl.commands.export import add_arguments, main
 from medmtl.export import (
     OnnxNetwork,
-    add_cli_arguments,
     bundle_network,
-    cli_main,
     export_bundle,
     inference_overrides,
     load_exported,
 )
-from medmtl.inference import MultiTaskModel, read_model_config
+from medmtl.inference import MultiTaskModel
 
 torch.set_num_threads(1)
 
@@ -201,21 +201,21 @@ def test_inference_runs_the_exported_onnx(tiny_bundle, onnx_file, write_phantom_
 
 def parse_cli(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    add_cli_arguments(parser)
+    add_arguments(parser)
     return parser.parse_args(list(argv))
 
 
 def test_cli_writes_into_the_bundle_and_refuses_to_overwrite(tiny_bundle, tmp_path, capsys):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
-    assert cli_main(parse_cli("--bundle", str(bundle), "--format", "torchscript")) == 0
+    assert main(parse_cli("--bundle", str(bundle), "--format", "torchscript")) == 0
     written = bundle / "models" / "model.ts"
     assert written.is_file() and "max |difference| to PyTorch" in capsys.readouterr().out
     before = written.stat().st_mtime_ns
     with pytest.raises(FileExistsError, match="model.ts exists"):
-        cli_main(parse_cli("--bundle", str(bundle), "--format", "torchscript"))
+        main(parse_cli("--bundle", str(bundle), "--format", "torchscript"))
     assert written.stat().st_mtime_ns == before
-    assert cli_main(parse_cli("--bundle", str(bundle), "--format", "torchscript", "--overwrite")) == 0
+    assert main(parse_cli("--bundle", str(bundle), "--format", "torchscript", "--overwrite")) == 0
 
 
 def test_failed_write_leaves_no_file(tiny_bundle, tmp_path, monkeypatch):

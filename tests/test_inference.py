@@ -14,7 +14,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 import medmtl
 from data_prep.datalist import prepare
@@ -22,14 +21,7 @@ from medmtl.cli import main
 from medmtl.inference import output_paths, shard, user_error
 from medmtl.labels import regions_to_label
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Networks run on one core: the suite shares a small machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def infer(capsys, *args: str) -> tuple[int, str, str]:
@@ -187,7 +179,7 @@ def test_python_api_matches_cli_files(cli_out, tiny_bundle, phantom_cases) -> No
         pred = model.predict(
             given,
             affine=affine if given is arrays else None,
-            convention=None if given is case else "brats2021",  # loose files name no release
+            convention="brats2021" if given is arrays else None,  # arrays name no release
         )
         assert np.array_equal(pred.seg, seg)
         assert np.array_equal(pred.synth["t1c"], synth)
@@ -199,8 +191,30 @@ def test_python_api_matches_cli_files(cli_out, tiny_bundle, phantom_cases) -> No
     assert np.array_equal(
         model.predict(case, convention="brats2023").seg, regions_to_label(regions, "brats2023")[0]
     )
-    # Loose files and arrays without a convention are answered in BraTS 2023 values.
-    assert model.predict(files).convention == model.predict(arrays, affine=affine).convention == "brats2023"
+    # One input, one answer: the case's own files give its folder's ET = 4; arrays name no release.
+    assert model.predict(files).convention == "brats2021"
+    assert model.predict(arrays, affine=affine).convention == "brats2023"
+
+
+def test_loose_files_without_release_names_and_arrays_without_affine_warn(
+    tiny_bundle, phantom_cases, tmp_path
+):
+    model = medmtl.load_model(tiny_bundle, device="cpu")
+    case = phantom_cases["brats2021"]
+    files = {}
+    for name, token in (("t1n", "t1"), ("t2w", "t2"), ("t2f", "flair")):
+        files[name] = str(tmp_path / f"scan{len(files)}.nii.gz")
+        shutil.copy(file_of(case, token), files[name])
+    with pytest.warns(UserWarning, match="name no BraTS release"):
+        assert model.predict(files).convention == "brats2023"
+    arrays = {c: np.asanyarray(nib.load(p).dataobj) for c, p in files.items()}
+    with pytest.warns(UserWarning, match="without affine"):
+        model.predict(arrays)
+    # An error about arrays names the arrays, never the temporary files they were written to.
+    arrays["t2w"] = arrays["t2w"][:-2]
+    with pytest.raises(ValueError) as info:
+        model.predict(arrays, affine=np.eye(4))
+    assert "array 't2w'" in str(info.value) and "medmtl_" not in str(info.value), info.value
 
 
 def test_explicit_contrast_files_and_forced_convention(capsys, cli_out, tiny_bundle, phantom_cases, tmp_path):

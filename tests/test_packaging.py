@@ -90,3 +90,15 @@ def test_installed_package_infers_with_its_own_bundle(installed, phantom_cases, 
     assert run.returncode == 0, run.stderr[-2000:]
     sidecar = json.loads((out / f"{case.name}.json").read_text())
     assert sidecar["weights"] == "model.pt" and (out / f"{case.name}_seg.nii.gz").is_file()
+
+
+def test_every_package_of_the_source_tree_is_listed_for_installation() -> None:
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(init.parent.relative_to(REPO).parts)
+        for top in ("medmtl", "data_prep")
+        for init in (REPO / top).rglob("__init__.py")
+    }
+    assert found <= listed, f"packages a wheel would leave out: {sorted(found - listed)}"

@@ -23,6 +23,7 @@ from data_prep.phantoms import (
     write_case,
     write_phantoms,
 )
+from medmtl.commands.phantoms import add_arguments, main
 from medmtl.contrasts import CONTRASTS, canonical
 from medmtl.labels import CONVENTIONS
 
@@ -386,7 +387,7 @@ def test_layout_mismatch_and_unknown_layout(tmp_path):
 
 def test_cli_writes_the_requested_cases(tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    phantoms.add_cli_arguments(parser)
+    add_arguments(parser)
     args = parser.parse_args(
         [
             str(tmp_path),
@@ -402,7 +403,7 @@ def test_cli_writes_the_requested_cases(tmp_path, capsys):
             "3",
         ]
     )
-    assert phantoms.cli_main(args) == 0
+    assert main(args) == 0
     folders = sorted(p for p in tmp_path.iterdir() if p.is_dir())
     assert [f.name for f in folders] == ["UPENN-PHA-00000_11", "UPENN-PHA-00001_11"]
     img = nib.load(folders[0] / "UPENN-PHA-00000_11_T1GD.nii.gz")

@@ -7,7 +7,15 @@ import pytest
 from matplotlib.image import imread
 
 from medmtl.labels import COLOURS
-from medmtl.report import case_figure, label_overlay, slice_centre, summary_figure, to_ras, view_slice
+from medmtl.report import (
+    case_figure,
+    label_overlay,
+    scores_line,
+    slice_centre,
+    summary_figure,
+    to_ras,
+    view_slice,
+)
 
 # LPS on disk (BraTS): voxel index i runs to the patient's left, j to posterior, k to superior.
 LPS = np.diag([-1.0, -1.0, 2.0, 1.0])
@@ -133,3 +141,19 @@ def test_summary_figure(tmp_path):
     with pytest.raises(ValueError, match="no finite"):
         summary_figure([{"case_id": "x", "Dice_WT": np.nan}], tmp_path / "empty.png")
     assert not (tmp_path / "empty.png").exists()
+
+
+def test_scores_line_names_each_score_and_skips_missing_ones():
+    row = {"Dice_TC": 0.812, "Dice_WT": 0.9, "Dice_ET": float("nan"), "t1c_SSIM_brain": 0.625,
+           "t1c_baseline_SSIM_brain": 0.371, "case_id": "x"}  # fmt: skip
+    assert scores_line(row) == "Dice TC 0.81 WT 0.90 | t1c SSIM 0.62 (copy 0.37)"
+    assert scores_line({"case_id": "x"}) == ""
+
+
+def test_case_figure_prints_the_scores_under_the_case_id(tmp_path):
+    img, lab = _case()
+    kw = {"inputs": {"t2f": img}, "true_label": lab, "true_convention": "brats2021", "title": "case-7"}
+    plain = imread(case_figure(tmp_path / "a.png", LPS, **kw))
+    scored = imread(case_figure(tmp_path / "b.png", LPS, scores="Dice TC 0.81 WT 0.90", **kw))
+    # The score line takes a second title line: the figure grows and its top differs.
+    assert scored.shape[0] > plain.shape[0] or not np.array_equal(scored[:40], plain[:40])

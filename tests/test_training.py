@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -256,3 +257,73 @@ def test_latest_checkpoint_skips_a_file_cut_short_by_a_kill(tmp_path):
     (tmp_path / "checkpoint_epoch=3.pt").write_bytes(whole[: len(whole) // 2])  # killed while saving
     assert latest_checkpoint(tmp_path).endswith("epoch=2.pt")
     torch.load(latest_checkpoint(tmp_path), weights_only=True)
+
+
+def test_validation_synthesis_scores_use_the_evaluation_definition():
+    from medmtl.metrics import synthesis_metrics
+    from medmtl.training import BrainSynthesisMetric, SynthOutput
+
+    rng = np.random.default_rng(0)
+    target = torch.zeros(2, 2, 16, 16, 16)
+    brain = torch.zeros(2, 1, 16, 16, 16)
+    brain[:, :, 3:13, 2:14, 4:12] = 1
+    target[:] = torch.from_numpy(rng.normal(size=target.shape).astype(np.float32)) * brain
+    pred = target + 0.3 * torch.from_numpy(rng.normal(size=target.shape).astype(np.float32)) * brain
+    output = {"pred": {"synth": pred}, "label": {"synth": target, "brain_mask": brain}}
+    ssim, psnr = BrainSynthesisMetric("SSIM"), BrainSynthesisMetric("PSNR")
+    for metric in (ssim, psnr):
+        metric(*SynthOutput()(output))
+    expected = [
+        synthesis_metrics(pred[b, c].numpy(), target[b, c].numpy(), brain[b, 0].numpy() > 0)
+        for b in range(2)
+        for c in range(2)
+    ]
+    assert float(ssim.aggregate()) == pytest.approx(np.mean([e["SSIM_brain"] for e in expected]), rel=1e-6)
+    assert float(psnr.aggregate()) == pytest.approx(np.mean([e["PSNR_brain"] for e in expected]), rel=1e-6)
+    # A perfect synthesis scores SSIM 1 whatever the background holds.
+    perfect = BrainSynthesisMetric("SSIM")
+    perfect(*SynthOutput()({"pred": {"synth": target + 5 * (1 - brain)}, "label": output["label"]}))
+    assert float(perfect.aggregate()) == pytest.approx(1.0)
+
+
+def test_fresh_runs_are_not_announced_as_resumptions(caplog):
+    import logging
+
+    from medmtl.training import quiet_engine_start
+
+    quiet_engine_start()
+    quiet_engine_start()  # idempotent: one filter per logger
+    log = logging.getLogger("ignite.engine.engine.SupervisedTrainer")
+    assert len(log.filters) == 1
+    with caplog.at_level(logging.INFO, logger=log.name):
+        log.info("Engine run resuming from iteration 0, epoch 0 until 600 epochs")
+        log.info("Engine run resuming from iteration 882, epoch 49 until 600 epochs")
+        log.info("Epoch[1] Complete. Time taken: 00:00:52")
+    assert [r.getMessage()[:30] for r in caplog.records] == [
+        "Engine run resuming from itera",
+        "Epoch[1] Complete. Time taken:",
+    ]
+    assert "882" in caplog.records[0].getMessage()
+
+
+def test_refine_stage_trains_a_full_resolution_head_over_a_frozen_coarse_model(phantom_data, tmp_path):
+    coarse, fine = tmp_path / "coarse", tmp_path / "fine"
+    _run(_train_cmd(phantom_data, coarse, "plain", 1))
+    root, datalist = phantom_data
+    weights = coarse / "models" / "model.pt"
+    _run([
+        sys.executable, "-m", "medmtl.cli", "train", "--dataset-dir", str(root), "--datalist", str(datalist),
+        "--out", str(fine), "--stage", "refine", "--preset", "cpu", "--epochs", "1", "--set",
+        "num_workers=0", "val_interval=1", "log_interval=1", f"coarse_weights={json.dumps(str(weights))}",
+    ])  # fmt: skip
+    config = json.loads((fine / "models" / "model_config.json").read_text())
+    coarse_config = json.loads((coarse / "models" / "model_config.json").read_text())
+    assert config["network_kwargs"] == {
+        **coarse_config["network_kwargs"],
+        "refinement": config["network_kwargs"]["refinement"],
+    }
+    assert config["input_contrasts"] == coarse_config["input_contrasts"] and config["stage"] == "refine"
+    state, coarse_state = _state(fine / "models" / "model.pt"), _state(weights)
+    # The coarse model is frozen: its weights come through bit for bit; the head learnt something.
+    assert all(torch.equal(state[f"base.{k}"], v) for k, v in coarse_state.items())
+    assert any(k.startswith("head.out") and v.abs().sum() > 0 for k, v in state.items())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -18,13 +20,7 @@ from medmtl.datalist import load_datalist
 from medmtl.inference import case_entry
 from medmtl.transforms import infer_transforms
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(capsys, *args) -> tuple[int, str]:
@@ -56,10 +52,11 @@ def blank(path: Path, value: float = 0.0) -> None:
 @pytest.mark.parametrize(
     ("option", "fragments"),
     [
-        (["--device", "gpu"], ["--device 'gpu'", "cpu"]),
-        (["--overlap", "1.5"], ["--overlap 1.5", "[0, 1)"]),
-        (["--sw-batch-size", "0"], ["--sw-batch-size 0"]),
-        (["--min-component-ml", "-1"], ["--min-component-ml -1"]),
+        (["--device", "gpu"], ["--device", "gpu", "cpu"]),
+        (["--overlap", "1.5"], ["--overlap", "1.5", "[0, 1)"]),
+        (["--sw-batch-size", "0"], ["--sw-batch-size", "0", "positive"]),
+        (["--min-component-ml", "-1"], ["--min-component-ml", "-1", ">= 0"]),
+        (["--et-min-ml", "nan"], ["--et-min-ml", "nan", ">= 0"]),
     ],
 )
 def test_bad_options_are_one_line_errors(capsys, tiny_bundle, phantom_cases, tmp_path, option, fragments):
@@ -67,6 +64,43 @@ def test_bad_options_are_one_line_errors(capsys, tiny_bundle, phantom_cases, tmp
     rc, err = run(capsys, "infer", case, "--bundle", tiny_bundle, "--out", tmp_path / "p", *option)
     one_error_line(rc, err, "infer", *fragments)
     assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["infer", "--help"],
+        ["infer", "case", "--out", "o", "--overlap", "2"],
+        ["train", "--stage", "nonsense", "--dataset-dir", "d", "--datalist", "l", "--out", "o"],
+        ["prepare", "data", "--out", "d.json", "--folds", "0"],
+        ["evaluate", "pred", "--datalist", "d.json", "--section", "test"],
+        ["export", "--bundle", "b", "--format", "tflite"],
+        ["phantoms", "out", "--layout", "nifti"],
+        ["demo", "--epochs", "-1"],
+        ["inpaint", "case", "--mask", "m", "--out", "o", "--device", "tpu"],
+    ],
+)
+def test_help_and_argument_errors_import_no_torch(argv):
+    # torch and MONAI take seconds to import: help and a mistyped argument must not wait for them.
+    code = (
+        "import sys\n"
+        "from medmtl.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit as e:\n"
+        "    code = e.code\n"
+        "heavy = sorted(m for m in ('torch', 'monai', 'nibabel', 'numpy') if m in sys.modules)\n"
+        "print('HEAVY', heavy, 'CODE', code)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "HEAVY [] CODE" in res.stdout, res.stdout + res.stderr
+    code = int(res.stdout.rsplit("CODE", 1)[1])
+    if "--help" in argv:
+        assert code == 0 and "usage: medmtl" in res.stdout
+    else:
+        lines = [line for line in res.stderr.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and ": error: argument" in lines[0], res.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -7,19 +7,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import nonconstant_image as _image
 
 from data_prep.layouts import discover
 from data_prep.validate import CaseReport, resolve_convention, validate_case
-
-
-def _image(shape, value, dtype=np.int16) -> np.ndarray:
-    """An image of mean ``value`` that is not constant (a constant image is an unusable contrast)."""
-    data = np.full(shape, value, dtype)
-    k = min(3, data.ndim)  # a 4D image: every channel varies
-    data[(0,) * k] += 1
-    data[(1,) + (0,) * (k - 1)] -= 1
-    return data
-
 
 AFFINE = np.array([[-1.0, 0, 0, 7], [0, -1.0, 0, 6], [0, 0, 1.0, 0], [0, 0, 0, 1]])
 SHAPE = (8, 7, 6)

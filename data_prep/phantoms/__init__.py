@@ -19,122 +19,32 @@ Python::
 
 from __future__ import annotations
 
-import argparse
-import sys
-import time
-from pathlib import Path
+import importlib
+from typing import Any
 
-from data_prep.phantoms.anatomy import TISSUES
-from data_prep.phantoms.phantom import Phantom, default_spacing, lps_affine, make_phantom
-from data_prep.phantoms.tumour import KINDS
-from data_prep.phantoms.writer import (
-    LAYOUT_ALIASES,
-    LAYOUTS,
-    SEG_DTYPES,
-    case_seed,
-    get_layout,
-    write_case,
-    write_phantoms,
-)
+#: public name -> the submodule that defines it (loaded on first use: the command line lists
+#: layouts without importing numpy and torch)
+_EXPORTS: dict[str, str] = {
+    "TISSUES": "anatomy",
+    "Phantom": "phantom",
+    "default_spacing": "phantom",
+    "lps_affine": "phantom",
+    "make_phantom": "phantom",
+    "KINDS": "tumour",
+    "LAYOUT_ALIASES": "naming",
+    "LAYOUTS": "naming",
+    "SEG_DTYPES": "naming",
+    "case_seed": "writer",
+    "get_layout": "writer",
+    "write_case": "writer",
+    "write_phantoms": "writer",
+    "cli_main": "cli",
+}
 
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``medmtl phantoms`` arguments to ``parser``.
-
-    Args:
-        parser: the subcommand's parser.
-    """
-    parser.add_argument("out", type=Path, help="dataset folder to write the cases into")
-    parser.add_argument("--n", type=int, default=8, help="number of cases (default 8)")
-    parser.add_argument(
-        "--shape",
-        type=int,
-        nargs=3,
-        default=[96, 96, 64],
-        metavar=("X", "Y", "Z"),
-        help="grid size (default 96 96 64)",
-    )
-    parser.add_argument(
-        "--spacing",
-        type=float,
-        nargs="+",
-        default=None,
-        metavar="MM",
-        help="voxel size in mm, one value or three (default: isotropic, filling a 240x240x155 mm BraTS "
-        "field of view, e.g. 2.5 for 96 96 64)",
-    )
-    parser.add_argument(
-        "--layout",
-        default="brats2023",
-        choices=[*LAYOUTS, *LAYOUT_ALIASES],
-        help="release file layout and label values: "
-        + "; ".join(f"{k}: {v.pattern}" for k, v in LAYOUTS.items()),
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the set; case i uses a seed derived from (seed, i)"
-    )
-    parser.add_argument(
-        "--seg-dtype",
-        default="uint8",
-        choices=SEG_DTYPES,
-        help="on-disk dtype of the label maps (default uint8)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace case folders that exist")
+__all__ = sorted(_EXPORTS)
 
 
-def cli_main(args: argparse.Namespace) -> int:
-    """Run ``medmtl phantoms``.
-
-    Args:
-        args: parsed arguments of :func:`add_cli_arguments`.
-
-    Returns:
-        Exit code 0.
-    """
-    spacing = args.spacing
-    if spacing is not None and len(spacing) not in (1, 3):
-        raise ValueError(f"--spacing takes one value or three, got {len(spacing)}")
-    if spacing is not None and len(spacing) == 1:
-        spacing = spacing[0]
-    naming = get_layout(args.layout)
-    start = time.perf_counter()
-
-    def report(folder: Path) -> None:
-        print(f"wrote {folder}", file=sys.stderr)
-
-    folders = write_phantoms(
-        args.out,
-        n=args.n,
-        shape=args.shape,
-        layout=naming.name,
-        seed=args.seed,
-        spacing=spacing,
-        seg_dtype=args.seg_dtype,
-        overwrite=args.overwrite,
-        progress=report,
-    )
-    elapsed = time.perf_counter() - start
-    print(
-        f"{len(folders)} {naming.name} phantom case(s) in {args.out} ({naming.pattern}), "
-        f"{elapsed / len(folders):.1f} s per case"
-    )
-    return 0
-
-
-__all__ = [
-    "KINDS",
-    "LAYOUTS",
-    "LAYOUT_ALIASES",
-    "SEG_DTYPES",
-    "TISSUES",
-    "Phantom",
-    "add_cli_arguments",
-    "case_seed",
-    "cli_main",
-    "default_spacing",
-    "get_layout",
-    "lps_affine",
-    "make_phantom",
-    "write_case",
-    "write_phantoms",
-]
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"data_prep.phantoms.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'data_prep.phantoms' has no attribute {name!r}")

@@ -6,6 +6,7 @@ from medmtl.networks.conditioning import ChannelMaskFiLM
 from medmtl.networks.encoder_decoder import ResidualDecoder, ResidualEncoder
 from medmtl.networks.factory import PRESETS, get_network
 from medmtl.networks.multitask_unet import MultiTaskUNet, set_trainable
+from medmtl.networks.refinement import RefinedMultiTaskUNet, RefinementHead
 from medmtl.networks.vae import VAEBranch
 from medmtl.networks.views import BranchView, TupleView
 
@@ -14,6 +15,8 @@ __all__ = [
     "BranchView",
     "ChannelMaskFiLM",
     "MultiTaskUNet",
+    "RefinedMultiTaskUNet",
+    "RefinementHead",
     "ResidualDecoder",
     "ResidualEncoder",
     "TupleView",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from medmtl.networks.multitask_unet import MultiTaskUNet
+from medmtl.networks.refinement import RefinedMultiTaskUNet
 
 __all__ = ["PRESETS", "get_network"]
 
@@ -18,11 +19,16 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def get_network(name_or_preset: str = "default", **kwargs: Any) -> MultiTaskUNet:
+def get_network(
+    name_or_preset: str = "default", refinement: dict[str, Any] | None = None, **kwargs: Any
+) -> MultiTaskUNet | RefinedMultiTaskUNet:
     """Build a :class:`MultiTaskUNet` from a named preset, with keyword overrides.
 
     Args:
         name_or_preset: a key of :data:`PRESETS` (``"cpu"``, ``"default"``).
+        refinement: when given, the preset runs at ``1/factor`` of the input resolution inside a
+            :class:`~medmtl.networks.refinement.RefinedMultiTaskUNet` with these arguments
+            (``factor``, ``features``, ``layers``).
         **kwargs: any :class:`MultiTaskUNet` argument; overrides the preset's value.
 
     Returns:
@@ -34,4 +40,5 @@ def get_network(name_or_preset: str = "default", **kwargs: Any) -> MultiTaskUNet
     key = name_or_preset.lower()
     if key not in PRESETS:
         raise ValueError(f"unknown network preset {name_or_preset!r}; expected one of {sorted(PRESETS)}")
-    return MultiTaskUNet(**{**PRESETS[key], **kwargs})
+    net = MultiTaskUNet(**{**PRESETS[key], **kwargs})
+    return net if refinement is None else RefinedMultiTaskUNet(net, **refinement)

@@ -349,6 +349,9 @@ def set_trainable(
 ) -> None:
     """Freeze or unfreeze the parts of a :class:`MultiTaskUNet` (staged training).
 
+    For a :class:`~medmtl.networks.refinement.RefinedMultiTaskUNet` the flags apply to its coarse
+    network; the refinement head is always trained.
+
     Frozen parameters get ``requires_grad=False`` and their ``.grad`` is cleared, so an optimiser built
     over all parameters (Adam, SGD with momentum, weight decay) leaves them bit-identical: PyTorch
     optimisers skip parameters whose gradient is ``None``.
@@ -364,6 +367,12 @@ def set_trainable(
         ValueError: if a part to freeze has norm layers that track running statistics (batch norm),
             which would keep changing in training mode.
     """
+    base = getattr(net, "base", None)
+    if base is not None:  # a RefinedMultiTaskUNet: its coarse network, and its head (always trained)
+        set_trainable(base, encoder=encoder, seg=seg, synth=synth, vae=vae)
+        for p in net.head.parameters():
+            p.requires_grad_(True)
+        return
     flags = {"encoder": encoder, "seg": seg, "synth": synth, "vae": encoder if vae is None else vae}
     groups = net.parameter_groups()
     modules = {"encoder": [net.encoder, net.film], "seg": [net.seg_decoder], "synth": [net.synth_decoder]}

@@ -1,0 +1,313 @@
+"""What inference writes: one case's files in the source scan's grid, whole or not at all."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.transforms import MapTransform
+
+from medmtl.contrasts import canonical
+from medmtl.inference.postprocessing import remove_small_components, small_et_to_netc
+from medmtl.io import write_nifti_group
+from medmtl.labels import OUTPUT_CONVENTIONS, REGIONS, regions_to_label
+from medmtl.transforms import SOURCE_MASK_KEY
+
+INTENSITY_SPACE = "zscore_nonzero"
+logger = logging.getLogger("medmtl.inference")
+
+
+def output_paths(out_dir: str | os.PathLike, case_id: str, targets: Sequence[str]) -> dict[str, Path]:
+    """The files inference writes for one case.
+
+    Args:
+        out_dir: output folder.
+        case_id: case identifier.
+        targets: synthesised contrasts.
+
+    Returns:
+        ``{"seg": ..., "<contrast>": ..., "sidecar": ...}``; the sidecar is written last and marks a
+        finished case.
+    """
+    out = Path(out_dir)
+    paths = {"seg": out / f"{case_id}_seg.nii.gz"}
+    for c in targets:
+        paths[c] = out / f"{case_id}_{canonical(c)}_synth.nii.gz"
+    paths["sidecar"] = out / f"{case_id}.json"
+    return paths
+
+
+def is_done(out_dir: str | os.PathLike, case_id: str, targets: Sequence[str]) -> bool:
+    """Whether every output of a case exists (a killed cohort run resumes after these)."""
+    return all(p.exists() for p in output_paths(out_dir, case_id, targets).values())
+
+
+def pending_cases(
+    entries: Sequence[dict], out_dir: str | os.PathLike, targets: Sequence[str], overwrite: bool = False
+) -> list[dict]:
+    """Datalist entries whose outputs are not all there yet (all of them when ``overwrite``).
+
+    Args:
+        entries: datalist entries with ``case_id``.
+        out_dir: output folder.
+        targets: synthesised contrasts.
+        overwrite: redo finished cases.
+
+    Returns:
+        The entries still to run.
+    """
+    if overwrite:
+        return list(entries)
+    return [e for e in entries if not is_done(out_dir, str(e["case_id"]), targets)]
+
+
+def existing_outputs(
+    entries: Sequence[dict], out_dir: str | os.PathLike, targets: Sequence[str]
+) -> list[str]:
+    """Output files of these cases that already exist in ``out_dir``.
+
+    Args:
+        entries: entries with ``case_id``.
+        out_dir: output folder.
+        targets: synthesised contrasts.
+
+    Returns:
+        The existing paths.
+    """
+    return [
+        str(p)
+        for e in entries
+        for p in output_paths(out_dir, str(e["case_id"]), targets).values()
+        if p.exists()
+    ]
+
+
+def check_output_dir(out_dir: str | os.PathLike) -> Path:
+    """Check that the output folder is, or can be created as, a writable folder (creates nothing).
+
+    Args:
+        out_dir: the output folder.
+
+    Returns:
+        The absolute folder.
+
+    Raises:
+        FileExistsError: when the path is an existing file.
+        PermissionError: when the folder, or the nearest existing folder above it, is not writable.
+    """
+    out = Path(out_dir).absolute()
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"output folder {out} is a file; expected a folder")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise FileExistsError(f"cannot create output folder {out}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "output folder" if existing == out else f"cannot create {out}: folder"
+        raise PermissionError(f"{what} {existing} is not writable")
+    return out
+
+
+def _source_reference(d: Mapping[Hashable, Any]) -> str:
+    meta = getattr(d.get("image"), "meta", {}) or {}
+    src = meta.get("filename_or_obj")
+    if isinstance(src, (list, tuple)):
+        src = src[0]
+    if not src:
+        raise ValueError("cannot find the source scan of this case (image meta has no filename)")
+    return str(src)
+
+
+def _output_mask(d: Mapping[Hashable, Any]) -> np.ndarray | None:
+    """The brain mask in the source grid: the scan's own non-zero voxels, else the inverted mask."""
+    for key in (SOURCE_MASK_KEY, "brain_mask"):
+        if d.get(key) is not None:
+            return np.asarray(torch.as_tensor(d[key]).detach().cpu())[0] > 0.5
+    return None
+
+
+def case_outputs(
+    d: Mapping[Hashable, Any],
+    targets: Sequence[str],
+    threshold: float = 0.5,
+    min_component_ml: float = 0.0,
+    spacing: Sequence[float] | None = None,
+    et_min_ml: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Turn one case's inverted predictions into output arrays in the source grid.
+
+    Regions and synthesised images are set to zero outside the brain (the voxels where any contrast
+    of the source scan is non-zero), where BraTS scans are skull-stripped to exact zeros.
+
+    Args:
+        d: a case after postprocessing: ``seg`` (3, H, W, D) probabilities, optional ``synth``
+            (len(targets), H, W, D), and ``source_brain_mask`` or ``brain_mask`` (1, H, W, D).
+        targets: names of the synthesised contrasts, in the order of the ``synth`` channels.
+        threshold: probability threshold for the regions.
+        min_component_ml: remove whole-tumour components smaller than this (see
+            :func:`remove_small_components`); 0 keeps all.
+        spacing: voxel size in mm of the source grid (for ``min_component_ml``; 1 mm when None).
+        et_min_ml: a predicted ET smaller than this becomes NETC (see :func:`small_et_to_netc`).
+
+    Returns:
+        ``(probabilities float32 (3, H, W, D), regions uint8 (3, H, W, D), {contrast: float32 image})``.
+    """
+    prob = np.asarray(torch.as_tensor(d["seg"]).detach().cpu(), dtype=np.float32)
+    regions = (prob > threshold).astype(np.uint8)
+    brain = _output_mask(d)
+    if brain is not None:
+        if brain.shape != prob.shape[1:]:
+            raise ValueError(f"brain mask grid {brain.shape} != prediction grid {prob.shape[1:]}")
+        regions &= brain[None].astype(np.uint8)
+    regions = remove_small_components(regions, spacing or (1.0, 1.0, 1.0), min_component_ml)
+    regions = small_et_to_netc(regions, spacing or (1.0, 1.0, 1.0), et_min_ml)
+    synth: dict[str, np.ndarray] = {}
+    if d.get("synth") is not None:
+        images = np.asarray(torch.as_tensor(d["synth"]).detach().cpu(), dtype=np.float32)
+        for i, c in enumerate(targets):
+            synth[c] = np.where(brain, images[i], np.float32(0)) if brain is not None else images[i]
+    return prob, regions, synth
+
+
+class WriteCaseOutputsd(MapTransform):
+    """Write one case's outputs in the source scan's grid: label map, synthesised contrasts, sidecar.
+
+    Every file of a case goes to a temporary name first; the files are renamed into place only when
+    all were written, sidecar last, so a case is complete or absent.
+
+    Args:
+        out_dir: output folder.
+        targets: names of the synthesised contrasts, in the order of the ``synth`` channels.
+        inputs: the model's input contrasts (recorded in the sidecar with which were real).
+        default_convention: label convention for cases whose datalist declares none.
+        output_convention: force this convention (``brats2021``/``brats2023``) instead of the input's.
+        write_probabilities: also write ``<case>_prob.nii.gz`` (TC, WT, ET probabilities, float32).
+        write_regions: write the seg as region masks (TC, WT, ET as a 4D uint8) instead of a label map.
+        overwrite: replace existing outputs.
+        model_info: extra fields for the sidecar (model name, version, ...).
+        threshold: probability threshold for the regions.
+        min_component_ml: remove whole-tumour components smaller than this many ml (0: keep all).
+        et_min_ml: a predicted ET smaller than this many ml becomes NETC (0: keep every ET).
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        targets: Sequence[str] = ("t1c",),
+        inputs: Sequence[str] = ("t1n", "t2w", "t2f"),
+        default_convention: str = "brats2023",
+        output_convention: str | None = None,
+        write_probabilities: bool = False,
+        write_regions: bool = False,
+        overwrite: bool = False,
+        model_info: Mapping[str, Any] | None = None,
+        threshold: float = 0.5,
+        min_component_ml: float = 0.0,
+        et_min_ml: float = 0.0,
+    ) -> None:
+        super().__init__(keys=["seg"], allow_missing_keys=True)
+        self.min_component_ml = float(min_component_ml)
+        self.et_min_ml = float(et_min_ml)
+        self.out_dir = Path(out_dir)
+        self.targets = [canonical(t) for t in targets]
+        self.inputs = [canonical(c) for c in inputs]
+        self.default_convention = default_convention
+        self.output_convention = output_convention
+        self.write_probabilities, self.write_regions = write_probabilities, write_regions
+        self.overwrite, self.threshold = overwrite, threshold
+        self.model_info = dict(model_info or {})
+
+    def _case_id(self, d: Mapping[Hashable, Any], source: str) -> str:
+        if d.get("case_id"):
+            return str(d["case_id"])
+        name = Path(source).name
+        for ext in (".nii.gz", ".nii"):
+            name = name.removesuffix(ext)
+        return name.rsplit("_", 1)[0] if "_" in name else name.rsplit("-", 1)[0]
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        source = _source_reference(d)
+        ref = nib.load(source)
+        case_id = self._case_id(d, source)
+        paths = output_paths(self.out_dir, case_id, self.targets if "synth" in d else [])
+        if not self.overwrite:
+            existing = [str(p) for p in paths.values() if p.exists()]
+            if existing:
+                raise FileExistsError(
+                    f"outputs exist for case {case_id}: {existing}; use overwrite to replace"
+                )
+        conv = self.output_convention or d.get("convention") or self.default_convention
+        conv = conv if conv in OUTPUT_CONVENTIONS else "brats2023"
+        shape = tuple(ref.shape[:3])
+        if tuple(d["seg"].shape[1:]) != shape:
+            raise ValueError(
+                f"case {case_id}: prediction grid {tuple(d['seg'].shape[1:])} != source {source} grid {shape}"
+            )
+        zooms = ref.header.get_zooms()[:3]
+        prob, regions, synth = case_outputs(
+            d, self.targets, self.threshold, self.min_component_ml, zooms, self.et_min_ml
+        )
+
+        arrays: dict[str, tuple[np.ndarray, Any]] = {}
+        if self.write_regions:
+            arrays["seg"] = (np.moveaxis(regions, 0, -1), np.uint8)
+        else:
+            arrays["seg"] = (regions_to_label(regions, conv)[0], np.uint8)
+        for c, img in synth.items():
+            arrays[c] = (img, np.float32)
+        if self.write_probabilities:
+            paths["prob"] = self.out_dir / f"{case_id}_prob.nii.gz"
+            arrays["prob"] = (np.moveaxis(prob, 0, -1), np.float32)
+
+        if d.get("unusable"):
+            logger.warning(
+                "case %s: contrast(s) %s are constant images (empty or blank): treated as missing",
+                case_id,
+                d["unusable"],
+            )
+        sidecar = {
+            "case_id": case_id,
+            "source": source,
+            "label_convention": conv,
+            "label_convention_source": (
+                "requested" if self.output_convention else d.get("convention_source") or "input"
+            ),
+            "seg_format": "regions TC,WT,ET (4D)" if self.write_regions else "BraTS label map",
+            "regions": list(REGIONS),
+            "contrasts_used": [
+                c for c, a in zip(self.inputs, _as_list(d.get("channel_mask"), len(self.inputs))) if a
+            ],
+            "contrasts_missing": [
+                c for c, a in zip(self.inputs, _as_list(d.get("channel_mask"), len(self.inputs))) if not a
+            ],
+            "contrasts_unusable": [c for c in str(d.get("unusable") or "").split(",") if c],
+            "synthesised": self.targets if "synth" in d else [],
+            "intensity_space": INTENSITY_SPACE,
+            "intensity_note": "synthesised images: z-scores over the brain's non-zero voxels; 0 outside",
+            "shape": list(shape),
+            "affine": np.asarray(ref.affine).round(6).tolist(),
+            **self.model_info,
+        }
+        self._write_case(paths, arrays, ref, sidecar)
+        d["written"] = {k: str(v) for k, v in paths.items()}
+        return d
+
+    def _write_case(self, paths: dict[str, Path], arrays: dict, ref: Any, sidecar: dict) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        files = {}
+        for name, (arr, dtype) in arrays.items():
+            descrip = None if name in ("seg", "prob") else f"medmtl synth {name} {INTENSITY_SPACE}"
+            files[paths[name]] = (arr, dtype, descrip)
+        write_nifti_group(files, ref, paths["sidecar"], sidecar)
+
+
+def _as_list(x: Any, n: int) -> list[float]:
+    if x is None:
+        return [1.0] * n
+    return [float(v) for v in torch.as_tensor(x).flatten()]

@@ -1,0 +1,12 @@
+"""The names of the training runs the bundle defines: staged schedule, ablations, other tasks."""
+
+from __future__ import annotations
+
+#: The method's staged schedule, in order; each stage starts from the previous stage's best model.
+STAGES: tuple[str, ...] = ("pretrain_seg", "pretrain_synth", "heads", "joint")
+#: Single-task ablation configs.
+ABLATIONS: tuple[str, ...] = ("seg_only", "synth_only")
+#: Other runs trained by a config of the same name: local synthesis (see :mod:`medmtl.local_synthesis`,
+#: weights in ``models/local_synthesis``) and the full-resolution refinement of a trained coarse model
+#: (see :mod:`medmtl.networks.refinement`, weights in ``models``).
+TASK_CONFIGS: tuple[str, ...] = ("local_synthesis", "refine")
