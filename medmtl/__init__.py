@@ -18,8 +18,8 @@ from medmtl.contrasts import CONTRASTS, canonical
 
 _SUBMODULES = {
     "bundle_config", "challenge_metrics", "commands", "contrasts", "conventions", "datalist", "demo",
-    "evaluation", "export", "inference", "io", "labels", "lesion_augment", "local_synthesis", "losses",
-    "metrics", "networks", "report", "stages", "training", "transforms",
+    "engine_logs", "evaluation", "export", "inference", "io", "labels", "lesion_augment",
+    "local_synthesis", "losses", "metrics", "networks", "report", "stages", "training", "transforms",
 }  # fmt: skip
 
 

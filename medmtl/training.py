@@ -18,6 +18,7 @@ from monai.engines.utils import PrepareBatch
 from monai.metrics import CumulativeIterationMetric
 from monai.utils import CommonKeys as Keys
 
+from medmtl.engine_logs import quiet_engine_logs
 from medmtl.stages import ABLATIONS, STAGES, TASK_CONFIGS  # noqa: F401 - part of this module's API
 
 logger = logging.getLogger("medmtl.training")
@@ -376,26 +377,6 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-class _EngineStartFilter(logging.Filter):
-    """Drops ignite's "Engine run resuming from iteration 0" line.
-
-    MONAI's engines set their epoch count before ``run()``, so ignite announces every fresh run (and
-    every validation pass) as a resumption, and a real resumption as one "from iteration 0" before
-    the checkpoint is loaded; medmtl says itself when it resumes a run.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Engine run resuming from iteration 0," not in record.getMessage()
-
-
-def quiet_engine_start() -> None:
-    """Install :class:`_EngineStartFilter` on the loggers of MONAI's trainer and evaluator."""
-    for name in ("SupervisedTrainer", "SupervisedEvaluator", "Workflow"):
-        log = logging.getLogger(f"ignite.engine.engine.{name}")
-        if not any(isinstance(f, _EngineStartFilter) for f in log.filters):
-            log.addFilter(_EngineStartFilter())
-
-
 def train(
     dataset_dir: str | os.PathLike,
     datalist: str | os.PathLike,
@@ -426,7 +407,7 @@ def train(
     src = Path(bundle or DEFAULT_BUNDLE).resolve()
     out = Path(run_dir).resolve()
     prepare_run_dir(src, out)
-    quiet_engine_start()
+    quiet_engine_logs()
     stages = list(STAGES) if stage == "all" else [stage]
     for st in stages:
         logger.info("medmtl train: stage %s", st)

@@ -221,8 +221,12 @@ def test_explicit_contrast_files_and_forced_convention(capsys, cli_out, tiny_bun
     case = phantom_cases["brats2021"]
     out = tmp_path / "pred"
     files = ("--t1n", file_of(case, "t1"), "--t2w", file_of(case, "t2"), "--t2f", file_of(case, "flair"))
-    rc, _, err = infer(capsys, *files, "--convention", "brats2021", "--bundle", tiny_bundle, "--out", out)
+    rc, stdout, err = infer(
+        capsys, *files, "--convention", "brats2021", "--bundle", tiny_bundle, "--out", out
+    )
     assert rc == 0, err
+    # quiet by default: the per-case progress, not the engine's "resuming from iteration 0" lines
+    assert "1 of 1 case(s) written" in stdout and "Engine run" not in stdout + err, stdout + err
     mine, theirs = output_paths(out, case.name, ["t1c"]), output_paths(cli_out, case.name, ["t1c"])
     for key in ("seg", "t1c"):
         assert np.array_equal(read(mine[key])[0], read(theirs[key])[0]), key

@@ -289,10 +289,10 @@ def test_validation_synthesis_scores_use_the_evaluation_definition():
 def test_fresh_runs_are_not_announced_as_resumptions(caplog):
     import logging
 
-    from medmtl.training import quiet_engine_start
+    from medmtl.engine_logs import quiet_engine_logs
 
-    quiet_engine_start()
-    quiet_engine_start()  # idempotent: one filter per logger
+    quiet_engine_logs()
+    quiet_engine_logs()  # idempotent: one filter per logger
     log = logging.getLogger("ignite.engine.engine.SupervisedTrainer")
     assert len(log.filters) == 1
     with caplog.at_level(logging.INFO, logger=log.name):
