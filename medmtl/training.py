@@ -437,6 +437,15 @@ def cli_main(args: Any) -> int:
         where, use = out / "models" / args.stage / "model.pt", f"medmtl inpaint / synth-lesion --bundle {out}"
     else:
         where, use = out / "models" / "model.pt", f"medmtl infer --bundle {out}"
+    if not where.is_file():
+        ckpt = latest_checkpoint(where.parent)
+        if ckpt is None:
+            raise FileNotFoundError(f"training wrote no weights in {where.parent}")
+        # No validation ran (val_interval above the epochs): the last epoch's weights are the model.
+        from medmtl.bundle_config import read_state_dict
+
+        torch.save(dict(read_state_dict(ckpt)["model"]), where)
+        print(f"medmtl train: no validation ran, so {where.name} holds the last epoch's weights ({ckpt})")
     print(f"medmtl train: weights in {where}; use them with: {use} ...")
     return 0
 

@@ -22,8 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="all",
         choices=["all", "plain", *STAGES, *ABLATIONS, *TASK_CONFIGS],
         help=f"all: the staged schedule {' -> '.join(STAGES)}; plain: joint training from scratch; "
-        "one stage; a single-task ablation; "
-        "or local_synthesis (healthy-tissue inpainting + lesion synthesis)",
+        "one stage; a single-task ablation; local_synthesis (healthy-tissue inpainting + lesion "
+        "synthesis); or refine (a full-resolution head over a trained coarse model, given by "
+        "--set coarse_weights=RUN/models/model.pt)",
     )
     parser.add_argument("--preset", default="cpu", choices=["cpu", "gpu"], help="cpu: 2 mm, small widths")
     parser.add_argument("--bundle", default=None, help="source bundle (default: the shipped one)")
