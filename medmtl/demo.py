@@ -123,6 +123,9 @@ def run_demo(
     # The held-out cases come without their t1c (a study without gadolinium): the model segments
     # from the other three and synthesises t1c, which the evaluation compares with the real one.
     infer_cases = [_without(e, "t1c") for e in val_cases]
+    from medmtl.engine_logs import quiet_run_summary
+
+    quiet_run_summary()  # the summary would list every case dict
     run(
         config_file=str(bundle_dir / "configs" / "inference.json"),
         meta_file=str(bundle_dir / "configs" / "metadata.json"),

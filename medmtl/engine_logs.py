@@ -30,3 +30,18 @@ def quiet_engine_logs(evaluator_info: bool = True) -> None:
             log.addFilter(_EngineStartFilter())
     if not evaluator_info:
         logging.getLogger("ignite.engine.engine.SupervisedEvaluator").setLevel(logging.WARNING)
+
+
+class _RunSummaryFilter(logging.Filter):
+    """Drops MONAI's "input summary" of ``monai.bundle.run``: every override, case lists included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (msg.startswith(("--- input summary", "> ")) or msg.strip() == "---")
+
+
+def quiet_run_summary() -> None:
+    """Install :class:`_RunSummaryFilter` on MONAI's bundle-script logger (inference by default)."""
+    log = logging.getLogger("monai.bundle.scripts")
+    if not any(isinstance(f, _RunSummaryFilter) for f in log.filters):
+        log.addFilter(_RunSummaryFilter())

@@ -573,3 +573,16 @@ def test_small_et_becomes_netc_and_large_et_stays():
     assert np.array_equal(kept, regions)
     assert small_et_to_netc(regions, (2.0, 2.0, 2.0), et_min_ml=0.0) is regions
     assert regions[2].sum() == 8  # the input is left as it was
+
+
+def test_the_run_summary_of_case_dicts_is_dropped():
+    import logging
+
+    from medmtl.engine_logs import _RunSummaryFilter
+
+    keep = _RunSummaryFilter().filter
+    record = lambda msg: logging.LogRecord("monai.bundle.scripts", logging.INFO, "", 0, msg, None, None)  # noqa: E731
+    summary = ("--- input summary of monai.bundle.scripts.run ---", "> cases: [{'case_id': 'x'}]", "---\n\n")
+    for msg in summary:
+        assert not keep(record(msg)), msg
+    assert keep(record("medmtl infer: 1 of 1 case(s) written to out"))

@@ -16,7 +16,7 @@ import torch
 from medmtl.bundle_config import MODEL_CONFIG_FILE, bundle_file, check_weights, read_model_config
 from medmtl.contrasts import CONTRASTS, canonical
 from medmtl.datalist import datalist_root
-from medmtl.engine_logs import quiet_engine_logs
+from medmtl.engine_logs import quiet_engine_logs, quiet_run_summary
 from medmtl.inference.cases import case_entry, check_cases, datalist_cases, shard
 from medmtl.inference.outputs import check_output_dir, existing_outputs, pending_cases
 
@@ -185,6 +185,7 @@ def cli_main(args: argparse.Namespace) -> int:
     level = evaluator_log.level
     if not getattr(args, "verbose", False):
         quiet_engine_logs(evaluator_info=False)
+        quiet_run_summary()
     try:
         run(
             config_file=str(config),
