@@ -123,18 +123,18 @@ def run_demo(
     # The held-out cases come without their t1c (a study without gadolinium): the model segments
     # from the other three and synthesises t1c, which the evaluation compares with the real one.
     infer_cases = [_without(e, "t1c") for e in val_cases]
-    from medmtl.engine_logs import quiet_run_summary
+    from medmtl.engine_logs import quiet_inference_logs
 
-    quiet_run_summary()  # the summary would list every case dict
-    run(
-        config_file=str(bundle_dir / "configs" / "inference.json"),
-        meta_file=str(bundle_dir / "configs" / "metadata.json"),
-        logging_file=str(bundle_dir / "configs" / "logging.conf"),
-        bundle_root=str(bundle_dir),
-        cases=infer_cases,
-        output_dir=str(pred_dir),
-        num_workers=0,
-    )
+    with quiet_inference_logs():  # as `medmtl infer`: per-case progress, no dump of the case dicts
+        run(
+            config_file=str(bundle_dir / "configs" / "inference.json"),
+            meta_file=str(bundle_dir / "configs" / "metadata.json"),
+            logging_file=str(bundle_dir / "configs" / "logging.conf"),
+            bundle_root=str(bundle_dir),
+            cases=infer_cases,
+            output_dir=str(pred_dir),
+            num_workers=0,
+        )
     print(f"    {len(val_cases)} case(s), {time.time() - t:.1f} s")
 
     eval_dir = out / "evaluation"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class _EngineStartFilter(logging.Filter):
@@ -17,19 +19,16 @@ class _EngineStartFilter(logging.Filter):
         return "Engine run resuming from iteration 0," not in record.getMessage()
 
 
-def quiet_engine_logs(evaluator_info: bool = True) -> None:
-    """Install :class:`_EngineStartFilter` on the loggers of MONAI's trainer and evaluator.
+def _install(logger_name: str, kind: type[logging.Filter]) -> None:
+    log = logging.getLogger(logger_name)
+    if not any(isinstance(f, kind) for f in log.filters):
+        log.addFilter(kind())
 
-    Args:
-        evaluator_info: keep the evaluator's INFO lines (epoch complete, run finished); inference
-            turns them off, as its own progress says the same per case.
-    """
+
+def quiet_engine_logs() -> None:
+    """Install :class:`_EngineStartFilter` on the loggers of MONAI's trainer and evaluator."""
     for name in ("SupervisedTrainer", "SupervisedEvaluator", "Workflow"):
-        log = logging.getLogger(f"ignite.engine.engine.{name}")
-        if not any(isinstance(f, _EngineStartFilter) for f in log.filters):
-            log.addFilter(_EngineStartFilter())
-    if not evaluator_info:
-        logging.getLogger("ignite.engine.engine.SupervisedEvaluator").setLevel(logging.WARNING)
+        _install(f"ignite.engine.engine.{name}", _EngineStartFilter)
 
 
 class _RunSummaryFilter(logging.Filter):
@@ -41,7 +40,23 @@ class _RunSummaryFilter(logging.Filter):
 
 
 def quiet_run_summary() -> None:
-    """Install :class:`_RunSummaryFilter` on MONAI's bundle-script logger (inference by default)."""
-    log = logging.getLogger("monai.bundle.scripts")
-    if not any(isinstance(f, _RunSummaryFilter) for f in log.filters):
-        log.addFilter(_RunSummaryFilter())
+    """Install :class:`_RunSummaryFilter` on MONAI's bundle-script logger."""
+    _install("monai.bundle.scripts", _RunSummaryFilter)
+
+
+@contextmanager
+def quiet_inference_logs() -> Iterator[None]:
+    """Inference as a user runs it: no engine start lines, no run summary, no evaluator epoch lines.
+
+    The evaluator's INFO lines (epoch complete, run finished) say per run what the per-case progress
+    already says; they are back after the block.
+    """
+    quiet_engine_logs()
+    quiet_run_summary()
+    evaluator = logging.getLogger("ignite.engine.engine.SupervisedEvaluator")
+    level = evaluator.level
+    evaluator.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        evaluator.setLevel(level)

@@ -65,7 +65,6 @@ __all__ = [
 
 #: export format -> default file suffix
 FORMATS: dict[str, str] = EXPORT_FORMATS
-_OUTPUTS = NETWORK_OUTPUTS
 #: model-config fields an exported file must share with the bundle it runs in
 _CONFIG_FIELDS = (
     "input_contrasts",
@@ -163,7 +162,7 @@ def bundle_network(bundle_root: str | os.PathLike) -> tuple[MultiTaskUNet, dict[
 def _module_for(net: MultiTaskUNet, branch: str | None, as_tuple: bool) -> tuple[nn.Module, tuple[str, ...]]:
     if branch is not None:
         return BranchView(net, branch).eval(), (branch,)
-    return (TupleView(net).eval() if as_tuple else net), _OUTPUTS
+    return (TupleView(net).eval() if as_tuple else net), NETWORK_OUTPUTS
 
 
 def _example_inputs(net: MultiTaskUNet, batch: int = 1) -> tuple[torch.Tensor, ...]:
@@ -399,8 +398,8 @@ def export_bundle(
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {sorted(FORMATS)}")
-    if branch is not None and branch not in _OUTPUTS:
-        raise ValueError(f"branch must be one of {_OUTPUTS}, found {branch!r}")
+    if branch is not None and branch not in NETWORK_OUTPUTS:
+        raise ValueError(f"branch must be one of {NETWORK_OUTPUTS}, found {branch!r}")
     root = Path(bundle_root).resolve()
     if out is None:
         out = root / "models" / f"model{'_' + branch if branch else ''}{FORMATS[fmt]}"
@@ -530,8 +529,8 @@ def load_exported(
                 raise ValueError(f"{p} is not a TorchScript file ({err})") from err
         info = json.loads(extra[_EXPORT_FILE]) if extra.get(_EXPORT_FILE) else {}
         embedded = json.loads(extra[MODEL_CONFIG_FILE]) if extra.get(MODEL_CONFIG_FILE) else None
-    outputs = info.get("outputs", list(_OUTPUTS))
-    if list(outputs) != list(_OUTPUTS):
+    outputs = info.get("outputs", list(NETWORK_OUTPUTS))
+    if list(outputs) != list(NETWORK_OUTPUTS):
         raise ValueError(
             f"{p} holds only the {outputs} output(s); inference needs the two-output network "
             "(export it without --branch)"

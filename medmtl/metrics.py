@@ -228,19 +228,18 @@ def normalise_intensity(
 
 
 def _region_scores(
-    ssim_map: np.ndarray, pred: np.ndarray, ref: np.ndarray, mask: np.ndarray
+    ssim_map: np.ndarray | None, pred: np.ndarray, ref: np.ndarray, mask: np.ndarray
 ) -> dict[str, float]:
+    names = [m for m in SYNTHESIS_METRICS if m != "SSIM" or ssim_map is not None]
     if not mask.any():
-        return dict.fromkeys(SYNTHESIS_METRICS, float("nan"))
+        return dict.fromkeys(names, float("nan"))
     r, p = ref[mask], pred[mask]
     mse = float(mean_squared_error(r, p))
     psnr = float(peak_signal_noise_ratio(r, p, data_range=1.0)) if mse > 0 else float("inf")
-    return {
-        "SSIM": float(ssim_map[mask].mean()),
-        "PSNR": psnr,
-        "MAE": float(np.abs(r - p).mean()),
-        "MSE": mse,
-    }
+    scores = {"PSNR": psnr, "MAE": float(np.abs(r - p).mean()), "MSE": mse}
+    if ssim_map is not None:
+        scores["SSIM"] = float(ssim_map[mask].mean())
+    return {m: scores[m] for m in names}
 
 
 def synthesis_metrics(
@@ -249,6 +248,7 @@ def synthesis_metrics(
     brain_mask: Any | None = None,
     tumour_mask: Any | None = None,
     spacing: float | Sequence[float] | None = None,
+    ssim: bool = True,
 ) -> dict[str, float]:
     """Score a synthesised contrast against the acquired one, averaged over named regions.
 
@@ -265,6 +265,7 @@ def synthesis_metrics(
         tumour_mask: whole-tumour mask (WT); tumour and non-tumour scores are NaN without it (and the
             tumour scores are NaN when it is empty).
         spacing: voxel size in mm; when given, the volume of each region is reported too.
+        ssim: compute the SSIM map (the costly part); without it the ``SSIM_*`` keys are left out.
 
     Returns:
         ``SSIM_<region>``, ``PSNR_<region>`` (dB; inf for identical images), ``MAE_<region>`` and
@@ -289,7 +290,7 @@ def synthesis_metrics(
     else:
         masks["tumour"] = masks["nontumour"] = np.zeros_like(brain)
     p, r = normalise_intensity(p_raw, brain), normalise_intensity(r_raw, brain)
-    _, ssim_map = structural_similarity(r, p, data_range=1.0, full=True)
+    ssim_map = structural_similarity(r, p, data_range=1.0, full=True)[1] if ssim else None
     out: dict[str, float] = {}
     for region in SYNTHESIS_REGIONS:
         for name, value in _region_scores(ssim_map, p, r, masks[region]).items():

@@ -156,7 +156,8 @@ class BrainSynthesisMetric(CumulativeIterationMetric):
             if not brain[b].any():
                 continue
             for c in range(pred.shape[1]):
-                value = synthesis_metrics(pred[b, c], target[b, c], brain[b])[f"{self.score}_brain"]
+                scores_bc = synthesis_metrics(pred[b, c], target[b, c], brain[b], ssim=self.score == "SSIM")
+                value = scores_bc[f"{self.score}_brain"]
                 scores[b, c] = min(value, 100.0)  # identical images: PSNR inf, kept finite for the mean
         return scores
 

@@ -7,7 +7,7 @@ errors answer at once); this module does the work.
 from __future__ import annotations
 
 import argparse
-import logging
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import torch
 from medmtl.bundle_config import MODEL_CONFIG_FILE, bundle_file, check_weights, read_model_config
 from medmtl.contrasts import CONTRASTS, canonical
 from medmtl.datalist import datalist_root
-from medmtl.engine_logs import quiet_engine_logs, quiet_run_summary
+from medmtl.engine_logs import quiet_inference_logs
 from medmtl.inference.cases import case_entry, check_cases, datalist_cases, shard
 from medmtl.inference.outputs import check_output_dir, existing_outputs, pending_cases
 
@@ -181,24 +181,19 @@ def cli_main(args: argparse.Namespace) -> int:
             raise FileExistsError(
                 f"{len(existing)} output file(s) exist, e.g. {existing[0]}; use --overwrite to replace them"
             )
-    evaluator_log = logging.getLogger("ignite.engine.engine.SupervisedEvaluator")
-    level = evaluator_log.level
-    if not getattr(args, "verbose", False):
-        quiet_engine_logs(evaluator_info=False)
-        quiet_run_summary()
+    quiet = nullcontext() if getattr(args, "verbose", False) else quiet_inference_logs()
     try:
-        run(
-            config_file=str(config),
-            meta_file=str(bundle / "configs" / "metadata.json"),
-            logging_file=str(bundle / "configs" / "logging.conf"),
-            bundle_root=str(bundle),
-            **ov,
-        )
+        with quiet:
+            run(
+                config_file=str(config),
+                meta_file=str(bundle / "configs" / "metadata.json"),
+                logging_file=str(bundle / "configs" / "logging.conf"),
+                bundle_root=str(bundle),
+                **ov,
+            )
     except RuntimeError as err:
         cause = user_error(err)
         if cause is None:
             raise
         raise cause from None
-    finally:
-        evaluator_log.setLevel(level)
     return 0
