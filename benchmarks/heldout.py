@@ -11,7 +11,8 @@ M3AE, Liu et al. AAAI 2023).
     python benchmarks/heldout.py --bundle bundles/brats_mtl --datalist runs/datalist.json --fold 0 \
         --out runs/heldout [--subsets]
 
-Writes ``OUT/<scenario>/pred``, ``OUT/<scenario>/evaluation`` and ``OUT/heldout.json`` / ``.md``.
+Writes ``OUT/<scenario>/pred``, ``OUT/<scenario>/evaluation``, ``OUT/heldout.json`` / ``.md`` and, with
+``--subsets``, ``OUT/subsets.md`` (Dice and the SSIM of each synthesised absent contrast).
 """
 
 from __future__ import annotations
@@ -108,6 +109,23 @@ def markdown(results: dict[str, dict[str, Any]], present: dict[str, tuple[str, .
     return "\n".join(rows) + "\n"
 
 
+def subsets_markdown(results: dict[str, dict[str, Any]], present: dict[str, tuple[str, ...]]) -> str:
+    """The missing-contrast table: Dice per region and the brain SSIM of each synthesised absent contrast."""
+    head = (
+        "| inputs | WT Dice | TC Dice | ET Dice | synthesised SSIM brain (absent contrasts) |\n"
+        + "| --- " * 5
+        + "|"
+    )
+    rows = [head]
+    for name, m in results.items():
+        cells = [", ".join(present[name])] + [_cell(m, f"Dice_{r}") for r in REGIONS]
+        absent = [c for c in FOUR if c not in present[name]]
+        ssim = [f"{c} {m[f'{c}_SSIM_brain']['mean']:.3f}" for c in absent if m.get(f"{c}_SSIM_brain")]
+        cells.append("; ".join(ssim) or "-")
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the held-out evaluation; returns ``{scenario: metrics}``."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -116,8 +134,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--fold", type=int, default=0, help="held-out fold")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--subsets", action="store_true", help="every non-empty subset of the four contrasts")
+    p.add_argument("--only", nargs="+", metavar="SCENARIO", help="run only these scenarios (e.g. no_t1c)")
     args = p.parse_args(argv)
     present = scenarios(args.subsets)
+    if args.only:
+        unknown = sorted(set(args.only) - set(present))
+        if unknown:
+            p.error(f"unknown scenario(s) {unknown}; expected some of {sorted(present)}")
+        present = {k: v for k, v in present.items() if k in args.only}
     results = {}
     for name, contrasts in present.items():
         results[name] = run_scenario(args.bundle, args.datalist, args.fold, name, contrasts, args.out)
@@ -126,6 +150,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
     (args.out / "heldout.json").write_text(json.dumps(results, indent=1))
     (args.out / "heldout.md").write_text(markdown(results, present))
+    if args.subsets:
+        (args.out / "subsets.md").write_text(subsets_markdown(results, present))
+        print(subsets_markdown(results, present))
     print(markdown(results, present))
     return results
 

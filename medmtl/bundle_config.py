@@ -75,6 +75,9 @@ def read_model_config(path: str | os.PathLike) -> dict[str, Any]:
     cfg.setdefault("network_kwargs", {})
     cfg.setdefault("input_mask", False)
     cfg.setdefault("val_roi_size", cfg.get("roi_size", [128, 128, 128]))
+    from medmtl.intensity import check_landmarks
+
+    check_landmarks(cfg.get("synth_landmarks"), f"{p}: synth_landmarks")
     return cfg
 
 

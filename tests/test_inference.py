@@ -318,6 +318,45 @@ def test_shard_splits_cases_without_overlap_or_loss(monkeypatch) -> None:
 # bad inputs: one clear error, nothing written
 
 
+def test_synthesis_is_standardised_to_the_landmarks_of_the_model(
+    capsys, cli_out, tiny_bundle, phantom_cases, tmp_path
+) -> None:
+    from medmtl.inference.outputs import INTENSITY_NOTE, INTENSITY_NOTE_STANDARDISED
+    from medmtl.intensity import LANDMARK_PERCENTILES
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    config_path = bundle / "models" / "model_config.json"
+    config = json.loads(config_path.read_text())
+    # a skewed target histogram, unlike anything a random network writes
+    landmarks = [float(v) for v in np.linspace(-1.5, 1.0, len(LANDMARK_PERCENTILES)) ** 3]
+    config["synth_landmarks"] = {"percentiles": list(LANDMARK_PERCENTILES), "t1c": landmarks}
+    config_path.write_text(json.dumps(config))
+    case = phantom_cases["brats2023"]
+    out = tmp_path / "pred"
+    rc, _, err = infer(capsys, case, "--bundle", bundle, "--out", out)
+    assert rc == 0, err
+    paths = output_paths(out, case.name, ["t1c"])
+    synth, _, _ = read(paths["t1c"])
+    plain, _, _ = read(output_paths(cli_out, case.name, ["t1c"])["t1c"])
+    brain = source_brain(case)
+    # the brain's percentiles sit on the landmarks, voxel ranks are those of the unstandardised output
+    assert np.allclose(np.percentile(synth[brain], LANDMARK_PERCENTILES), landmarks, atol=0.05)
+    order = np.argsort(plain[brain], kind="stable")
+    assert np.all(np.diff(synth[brain][order]) >= -1e-5) and np.all(synth[~brain] == 0)
+    assert json.loads(paths["sidecar"].read_text())["intensity_note"] == INTENSITY_NOTE_STANDARDISED
+    assert (
+        json.loads(output_paths(cli_out, case.name, ["t1c"])["sidecar"].read_text())["intensity_note"]
+        == INTENSITY_NOTE
+    )
+    assert np.array_equal(medmtl.load_model(bundle, device="cpu").predict(case).synth["t1c"], synth)
+    # landmarks that cannot be used are refused with the file named, not applied
+    config["synth_landmarks"]["t1c"] = landmarks[::-1]
+    config_path.write_text(json.dumps(config))
+    rc, _, err = infer(capsys, case, "--bundle", bundle, "--out", tmp_path / "pred2", "--overwrite")
+    assert_user_error(rc, err, "model_config.json", "synth_landmarks")
+
+
 def test_missing_input_contrast_is_an_error_without_input_mask(
     capsys, tiny_bundle, phantom_cases, tmp_path
 ) -> None:

@@ -102,3 +102,13 @@ def test_every_package_of_the_source_tree_is_listed_for_installation() -> None:
         for init in (REPO / top).rglob("__init__.py")
     }
     assert found <= listed, f"packages a wheel would leave out: {sorted(found - listed)}"
+
+
+def test_every_submodule_is_reachable_from_bundle_configs() -> None:
+    """Bundle configs only ``$import medmtl``: each submodule must load through ``medmtl.<name>``."""
+    import medmtl
+
+    names = {p.stem for p in (REPO / "medmtl").glob("*.py") if p.stem not in {"__init__", "cli"}}
+    names |= {p.parent.name for p in (REPO / "medmtl").glob("*/__init__.py")}
+    missing = sorted(n for n in names if not hasattr(medmtl, n))
+    assert not missing, f"medmtl.<name> fails for {missing}: add them to medmtl._SUBMODULES"

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from medmtl.intensity import check_landmarks
 from medmtl.training import latest_checkpoint, parse_overrides, stage_config_files
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,6 +124,10 @@ def test_train_writes_weights_and_resumes_after_kill(phantom_data, tmp_path):
     # the default model: every contrast in (with its channel mask), every contrast restored
     four = ["t1n", "t1c", "t2w", "t2f"]
     assert cfg["input_contrasts"] == four and cfg["target_contrasts"] == four and cfg["input_mask"] is True
+    # intensity landmarks of every restored contrast, learnt from the training cases, travel with the weights
+    check_landmarks(cfg["synth_landmarks"])
+    assert set(cfg["synth_landmarks"]) == {"percentiles", *four}
+    assert all(np.all(np.diff(cfg["synth_landmarks"][c]) >= 0) for c in four)
     state = torch.load(latest_checkpoint(models), map_location="cpu", weights_only=True)
     assert state["trainer"]["iteration"] == 4 * 3  # 4 epochs of 3 training cases, one patch each
     assert (run_dir / "configs" / "inference.json").is_file()  # the run folder is a bundle of its own

@@ -78,6 +78,8 @@ class MultiTaskModel:
         # The bundle's evaluator runs the network under CUDA autocast when ``amp``; so does predict.
         self.amp = bool(parser.get_parsed_content("amp"))
         self.min_component_ml = float(parser.get_parsed_content("min_component_ml"))
+        self.et_min_ml = float(parser.get_parsed_content("et_min_ml"))
+        self.synth_landmarks = parser.get_parsed_content("synth_landmarks")
         parser.get_parsed_content("load_weights")
         self.network.eval()
 
@@ -147,7 +149,9 @@ class MultiTaskModel:
             out = self.postprocessing(out)
             ref = nib.load(_source_reference(out))
             zooms = ref.header.get_zooms()[:3]
-            prob, regions, synth = case_outputs(out, self.targets, 0.5, self.min_component_ml, zooms)
+            prob, regions, synth = case_outputs(
+                out, self.targets, 0.5, self.min_component_ml, zooms, self.et_min_ml, self.synth_landmarks
+            )
             return Prediction(
                 case_id=str(entry["case_id"]),
                 seg=regions_to_label(regions, conv)[0],

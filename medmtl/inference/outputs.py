@@ -15,11 +15,17 @@ from monai.transforms import MapTransform
 
 from medmtl.contrasts import canonical
 from medmtl.inference.postprocessing import remove_small_components, small_et_to_netc
+from medmtl.intensity import check_landmarks, standardise_synth
 from medmtl.io import write_nifti_group
 from medmtl.labels import OUTPUT_CONVENTIONS, REGIONS, regions_to_label
 from medmtl.transforms import SOURCE_MASK_KEY
 
 INTENSITY_SPACE = "zscore_nonzero"
+INTENSITY_NOTE = "synthesised images: z-scores over the brain's non-zero voxels; 0 outside"
+INTENSITY_NOTE_STANDARDISED = (
+    "synthesised images: z-score units over the brain's non-zero voxels, histogram-standardised to the "
+    "training cases' percentile landmarks of each contrast (Nyul et al. 2000); 0 outside"
+)
 logger = logging.getLogger("medmtl.inference")
 
 
@@ -138,6 +144,7 @@ def case_outputs(
     min_component_ml: float = 0.0,
     spacing: Sequence[float] | None = None,
     et_min_ml: float = 0.0,
+    synth_landmarks: Mapping[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Turn one case's inverted predictions into output arrays in the source grid.
 
@@ -153,6 +160,9 @@ def case_outputs(
             :func:`remove_small_components`); 0 keeps all.
         spacing: voxel size in mm of the source grid (for ``min_component_ml``; 1 mm when None).
         et_min_ml: a predicted ET smaller than this becomes NETC (see :func:`small_et_to_netc`).
+        synth_landmarks: the model's intensity landmarks (``model_config.json``); each synthesised
+            contrast that has some is standardised to them in the brain (see
+            :func:`medmtl.intensity.standardise_synth`). None leaves the network's z-scores as they are.
 
     Returns:
         ``(probabilities float32 (3, H, W, D), regions uint8 (3, H, W, D), {contrast: float32 image})``.
@@ -171,6 +181,7 @@ def case_outputs(
         images = np.asarray(torch.as_tensor(d["synth"]).detach().cpu(), dtype=np.float32)
         for i, c in enumerate(targets):
             synth[c] = np.where(brain, images[i], np.float32(0)) if brain is not None else images[i]
+        synth = standardise_synth(synth, brain, synth_landmarks)
     return prob, regions, synth
 
 
@@ -193,6 +204,8 @@ class WriteCaseOutputsd(MapTransform):
         threshold: probability threshold for the regions.
         min_component_ml: remove whole-tumour components smaller than this many ml (0: keep all).
         et_min_ml: a predicted ET smaller than this many ml becomes NETC (0: keep every ET).
+        synth_landmarks: intensity landmarks the synthesised contrasts are standardised to (the
+            model config's ``synth_landmarks``); None writes the network's z-scores unchanged.
     """
 
     def __init__(
@@ -209,8 +222,11 @@ class WriteCaseOutputsd(MapTransform):
         threshold: float = 0.5,
         min_component_ml: float = 0.0,
         et_min_ml: float = 0.0,
+        synth_landmarks: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(keys=["seg"], allow_missing_keys=True)
+        check_landmarks(synth_landmarks)
+        self.synth_landmarks = synth_landmarks
         self.min_component_ml = float(min_component_ml)
         self.et_min_ml = float(et_min_ml)
         self.out_dir = Path(out_dir)
@@ -251,7 +267,13 @@ class WriteCaseOutputsd(MapTransform):
             )
         zooms = ref.header.get_zooms()[:3]
         prob, regions, synth = case_outputs(
-            d, self.targets, self.threshold, self.min_component_ml, zooms, self.et_min_ml
+            d,
+            self.targets,
+            self.threshold,
+            self.min_component_ml,
+            zooms,
+            self.et_min_ml,
+            self.synth_landmarks,
         )
 
         arrays: dict[str, tuple[np.ndarray, Any]] = {}
@@ -289,7 +311,7 @@ class WriteCaseOutputsd(MapTransform):
             "contrasts_unusable": [c for c in str(d.get("unusable") or "").split(",") if c],
             "synthesised": self.targets if "synth" in d else [],
             "intensity_space": INTENSITY_SPACE,
-            "intensity_note": "synthesised images: z-scores over the brain's non-zero voxels; 0 outside",
+            "intensity_note": INTENSITY_NOTE_STANDARDISED if self.synth_landmarks else INTENSITY_NOTE,
             "shape": list(shape),
             "affine": np.asarray(ref.affine).round(6).tolist(),
             **self.model_info,
