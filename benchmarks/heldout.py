@@ -72,9 +72,15 @@ def medmtl(*args: str) -> None:
 
 
 def run_scenario(
-    bundle: Path, datalist: Path, fold: int, name: str, present: Sequence[str], out: Path
+    bundle: Path, datalist: Path, fold: int, name: str, present: Sequence[str], out: Path, fresh: bool = False
 ) -> dict:
-    """Infer and evaluate one scenario; returns its ``summary.json`` metrics."""
+    """Infer and evaluate one scenario; returns its ``summary.json`` metrics.
+
+    A scenario already scored in ``out`` is reused (a killed run resumes) unless ``fresh``.
+    """
+    summary = out / name / "evaluation" / "summary.json"
+    if summary.is_file() and not fresh:
+        return json.loads(summary.read_text())["metrics"]
     case_list = fold_datalist(datalist, fold, present, out / name / "datalist.json")
     pred = out / name / "pred"
     medmtl("infer", "--datalist", case_list, "--section", "training", "--bundle", bundle, "--out", pred)
@@ -134,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--fold", type=int, default=0, help="held-out fold")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--subsets", action="store_true", help="every non-empty subset of the four contrasts")
+    p.add_argument("--fresh", action="store_true", help="redo scenarios already scored in OUT")
     p.add_argument("--only", nargs="+", metavar="SCENARIO", help="run only these scenarios (e.g. no_t1c)")
     args = p.parse_args(argv)
     present = scenarios(args.subsets)
@@ -144,7 +151,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         present = {k: v for k, v in present.items() if k in args.only}
     results = {}
     for name, contrasts in present.items():
-        results[name] = run_scenario(args.bundle, args.datalist, args.fold, name, contrasts, args.out)
+        results[name] = run_scenario(
+            args.bundle, args.datalist, args.fold, name, contrasts, args.out, args.fresh
+        )
         print(
             f"{name}: " + ", ".join(f"{r} {_cell(results[name], f'Dice_{r}')}" for r in REGIONS), flush=True
         )

@@ -270,14 +270,17 @@ def _evaluate_case(
         for key, value in synthesis_metrics(syn, ref, None, tumour, spacing).items():
             row[f"{contrast}_{key}"] = value
         acquired = [canonical(c) for c in used] if used is not None else list(case.sources)
-        source = baseline_source(contrast, [c for c in acquired if c in case.sources and c != contrast])
-        _, base, base_path = case.image(source)
-        if base.shape != ref.shape:
-            raise ValueError(f"{base_path}: shape {base.shape} differs from {ref_path} {ref.shape}")
-        for key, value in synthesis_metrics(base, ref, None, tumour, spacing).items():
-            if not key.startswith("Vol_ml"):
-                row[f"{contrast}_baseline_{key}"] = value
-        row[f"{contrast}_baseline_source"] = source
+        others = [c for c in acquired if c in case.sources and c != contrast]
+        # A case with one contrast, reconstructed from itself, has no other image to copy: no baseline.
+        if others:
+            source = baseline_source(contrast, others)
+            _, base, base_path = case.image(source)
+            if base.shape != ref.shape:
+                raise ValueError(f"{base_path}: shape {base.shape} differs from {ref_path} {ref.shape}")
+            for key, value in synthesis_metrics(base, ref, None, tumour, spacing).items():
+                if not key.startswith("Vol_ml"):
+                    row[f"{contrast}_baseline_{key}"] = value
+            row[f"{contrast}_baseline_source"] = source
         synth_pairs[contrast] = (ref, syn)
         ref_affine = ref_img.affine
     if figure_path is not None:

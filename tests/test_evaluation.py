@@ -140,6 +140,25 @@ def test_evaluate_end_to_end(tmp_path, dataset):
     assert sorted(p.name for p in (out / "figures").iterdir()) == ["caseA.png", "summary.png"]
 
 
+def test_a_one_contrast_case_has_no_copy_baseline(tmp_path, dataset):
+    """Only t1n acquired: its reconstruction is scored; there is no other contrast to copy for it."""
+    root, datalist = dataset
+    pred = tmp_path / "pred"
+    _predict_case_a(pred)
+    imgs, _ = _images(0)
+    synth = np.where(imgs["t1n"] != 0, (imgs["t1n"] - 200) / 40, 0).astype(np.float32)
+    write_nifti(pred / "caseA_t1n_synth.nii.gz", synth, AFFINE, dtype=np.float32)
+    sidecar = json.loads((pred / "caseA.json").read_text())
+    write_json(pred / "caseA.json", {**sidecar, "contrasts_used": ["t1n"], "synthesised": ["t1n", "t1c"]})
+    out = tmp_path / "eval"
+    evaluate(pred, datalist, dataset_dir=root, out_dir=out, figures=False)
+    with open(out / "metrics.csv") as fh:
+        row = next(csv.DictReader(fh))
+    assert float(row["t1n_SSIM_brain"]) == pytest.approx(1.0)
+    assert not row.get("t1n_baseline_source") and not row.get("t1n_baseline_SSIM_brain")
+    assert row["t1c_baseline_source"] == "t1n"  # the missing t1c still has T1 to copy
+
+
 def test_two_cases_summary_statistics(tmp_path, dataset):
     root, datalist = dataset
     pred = tmp_path / "pred"
