@@ -36,7 +36,8 @@ def scenarios(subsets: bool) -> dict[str, tuple[str, ...]]:
     if subsets:
         for k in (1, 2, 3):
             for combo in itertools.combinations(FOUR, k):
-                out.setdefault("only_" + "+".join(combo), combo)
+                if combo not in out.values():  # t1n, t2w, t2f is already ``no_t1c``
+                    out["only_" + "+".join(combo)] = combo
     return out
 
 
