@@ -5,11 +5,13 @@ preset, epoch budget, seed and split, then runs whole-volume inference on the he
 the bundle's ``inference.json`` and scores it with ``medmtl evaluate`` (Dice / HD95 per region in the
 scan's own grid; synthesised t1c SSIM / PSNR inside the brain, tumour and non-tumour).
 
-Rows (``--rows``, all by default):
+Every row is the bundle's default recipe (``configs/train.json``: all four contrasts in with the
+channel mask, contrasts dropped at random, the synthesis branch restoring all four) with the row's
+overrides. Rows (``--rows``, all by default):
 
 =================  ===========================================================================
-``seg_only``       encoder + seg decoder; inputs t1n, t2w, t2f
-``synth_only``     encoder + synth decoder; t1n, t2w, t2f -> t1c
+``seg_only``       encoder + seg decoder (no synthesis target)
+``synth_only``     encoder + synth decoder (no segmentation loss)
 ``mtl_fixed``      both heads, l1 = l2 = 1
 ``mtl_uncertainty``  both heads, learned homoscedastic-uncertainty weights (Kendall et al. 2018)
 ``mtl_pcgrad``     both heads, PCGrad (Yu et al. 2020)

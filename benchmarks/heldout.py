@@ -73,7 +73,14 @@ def medmtl(*args: str) -> None:
 
 
 def run_scenario(
-    bundle: Path, datalist: Path, fold: int, name: str, present: Sequence[str], out: Path, fresh: bool = False
+    bundle: Path,
+    datalist: Path,
+    fold: int,
+    name: str,
+    present: Sequence[str],
+    out: Path,
+    fresh: bool = False,
+    probabilities: bool = False,
 ) -> dict:
     """Infer and evaluate one scenario; returns its ``summary.json`` metrics.
 
@@ -84,7 +91,10 @@ def run_scenario(
         return json.loads(summary.read_text())["metrics"]
     case_list = fold_datalist(datalist, fold, present, out / name / "datalist.json")
     pred = out / name / "pred"
-    medmtl("infer", "--datalist", case_list, "--section", "training", "--bundle", bundle, "--out", pred)
+    extra = ["--probabilities"] if probabilities else []  # for benchmarks/thresholds.py
+    medmtl(
+        "infer", "--datalist", case_list, "--section", "training", "--bundle", bundle, "--out", pred, *extra
+    )
     ids = [e["case_id"] for e in json.loads(case_list.read_text())["training"]]
     medmtl("evaluate", pred, "--datalist", datalist, "--out", out / name / "evaluation", "--no-figures",
            "--cases", *ids)  # fmt: skip
@@ -143,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--subsets", action="store_true", help="every non-empty subset of the four contrasts")
     p.add_argument("--fresh", action="store_true", help="redo scenarios already scored in OUT")
     p.add_argument("--only", nargs="+", metavar="SCENARIO", help="run only these scenarios (e.g. no_t1c)")
+    p.add_argument("--probabilities", action="store_true", help="also write region probabilities")
     args = p.parse_args(argv)
     present = scenarios(args.subsets)
     if args.only:
@@ -153,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results = {}
     for name, contrasts in present.items():
         results[name] = run_scenario(
-            args.bundle, args.datalist, args.fold, name, contrasts, args.out, args.fresh
+            args.bundle, args.datalist, args.fold, name, contrasts, args.out, args.fresh, args.probabilities
         )
         print(
             f"{name}: " + ", ".join(f"{r} {_cell(results[name], f'Dice_{r}')}" for r in REGIONS), flush=True

@@ -97,6 +97,20 @@ def _best(per_case: dict[str, Any], cases: Sequence[str], rule: str) -> float:
     return min(options, key=lambda ml: (sign * round(means[ml], 6), ml))
 
 
+def mean_std_table(rows: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, tuple[float, float]]]:
+    """``{row: [per-case metrics]}`` -> ``{row: {metric: (mean, sample std)}}``."""
+    return {
+        row: {
+            k: (
+                float(np.mean([m[k] for m in ms])),
+                float(np.std([m[k] for m in ms], ddof=1 if len(ms) > 1 else 0)),
+            )
+            for k in ms[0]
+        }
+        for row, ms in rows.items()
+    }
+
+
 def choose(per_case: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The thresholds chosen on all cases, and the leave-one-case-out scores.
 
@@ -119,17 +133,7 @@ def choose(per_case: dict[str, dict[str, Any]]) -> dict[str, Any]:
             m = dict(per_case[c]["component"][mc])
             m["Dice_ET"] = per_case[c]["et"][et]["Dice_ET"]  # the ET rule leaves TC and WT as they are
             rows[row].append(m)
-    table = {
-        row: {
-            k: (
-                float(np.mean([m[k] for m in ms])),
-                float(np.std([m[k] for m in ms], ddof=1 if len(ms) > 1 else 0)),
-            )
-            for k in ms[0]
-        }
-        for row, ms in rows.items()
-    }
-    return {**chosen, "table": table}
+    return {**chosen, "table": mean_std_table(rows)}
 
 
 def markdown(result: dict[str, Any]) -> str:

@@ -78,6 +78,9 @@ def read_model_config(path: str | os.PathLike) -> dict[str, Any]:
     from medmtl.intensity import check_landmarks
 
     check_landmarks(cfg.get("synth_landmarks"), f"{p}: synth_landmarks")
+    from medmtl.inference.postprocessing import region_thresholds
+
+    region_thresholds(cfg.get("thresholds"), f"{p}: thresholds")
     return cfg
 
 

@@ -121,6 +121,7 @@ def test_outputs_in_the_source_grid(cli_out, phantom_cases, layout, convention, 
     assert sidecar["case_id"] == cid and sidecar["label_convention"] == convention
     assert sidecar["contrasts_used"] == ["t1n", "t2w", "t2f"] and sidecar["contrasts_missing"] == []
     assert sidecar["synthesised"] == ["t1c"] and sidecar["intensity_space"] == "zscore_nonzero"
+    assert sidecar["thresholds"] == {"TC": 0.5, "WT": 0.5, "ET": 0.5}  # none stored with this model
     assert sidecar["shape"] == [40, 40, 26] and np.allclose(sidecar["affine"], src_affine, atol=1e-5)
     assert Path(sidecar["source"]).parent == case.resolve()
     assert sidecar["regions"] == ["TC", "WT", "ET"] and sidecar["weights"] == "model.pt"

@@ -57,6 +57,7 @@ def blank(path: Path, value: float = 0.0) -> None:
         (["--sw-batch-size", "0"], ["--sw-batch-size", "0", "positive"]),
         (["--min-component-ml", "-1"], ["--min-component-ml", "-1", ">= 0"]),
         (["--et-min-ml", "nan"], ["--et-min-ml", "nan", ">= 0"]),
+        (["--thresholds", "0.5", "1.5", "0.5"], ["--thresholds", "1.5", "(0, 1)"]),
     ],
 )
 def test_bad_options_are_one_line_errors(capsys, tiny_bundle, phantom_cases, tmp_path, option, fragments):

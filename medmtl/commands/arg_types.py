@@ -39,6 +39,8 @@ def checked(convert: Callable[[str], T], accept: Callable[[T], bool], expected: 
 
 #: a number in [0, 1), e.g. a sliding-window overlap
 fraction = checked(float, lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1)")
+#: a number in (0, 1), e.g. a probability threshold
+probability = checked(float, lambda v: 0.0 < v < 1.0, "a probability in (0, 1)")
 #: an integer >= 1 (a count: windows per pass, epochs, cases, folds, workers)
 positive_int = checked(int, lambda v: v >= 1, "a positive integer")
 #: a volume in millilitres, >= 0 (nan refused)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from medmtl.bundle_config import DEFAULT_BUNDLE
-from medmtl.commands.arg_types import device_name, fraction, positive_int, volume_ml
+from medmtl.commands.arg_types import device_name, fraction, positive_int, probability, volume_ml
 from medmtl.contrasts import CONTRASTS
 from medmtl.conventions import OUTPUT_CONVENTIONS
 from medmtl.datalist import DATALIST_SECTIONS
@@ -48,6 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--et-min-ml",
         type=volume_ml,
         help="a predicted enhancing tumour smaller than this (ml) becomes NETC (BraTS ET rule; 0: off)",
+    )
+    parser.add_argument(
+        "--thresholds",
+        type=probability,
+        nargs=3,
+        metavar=("TC", "WT", "ET"),
+        help="region probability thresholds (default: the model's, chosen on validation; else 0.5)",
     )
     parser.add_argument("--sw-batch-size", type=positive_int, help="windows per forward pass")
     parser.add_argument("--exported", help="run a TorchScript/ONNX file from `medmtl export`, not model.pt")

@@ -18,6 +18,7 @@ from medmtl.bundle_config import DEFAULT_BUNDLE, bundle_file
 from medmtl.contrasts import canonical
 from medmtl.inference.cases import case_entry, check_cases
 from medmtl.inference.outputs import _source_reference, case_outputs
+from medmtl.inference.postprocessing import region_thresholds
 from medmtl.labels import OUTPUT_CONVENTIONS, regions_to_label
 
 
@@ -80,6 +81,7 @@ class MultiTaskModel:
         self.min_component_ml = float(parser.get_parsed_content("min_component_ml"))
         self.et_min_ml = float(parser.get_parsed_content("et_min_ml"))
         self.synth_landmarks = parser.get_parsed_content("synth_landmarks")
+        self.thresholds = region_thresholds(parser.get_parsed_content("thresholds"), "thresholds")
         parser.get_parsed_content("load_weights")
         self.network.eval()
 
@@ -150,7 +152,13 @@ class MultiTaskModel:
             ref = nib.load(_source_reference(out))
             zooms = ref.header.get_zooms()[:3]
             prob, regions, synth = case_outputs(
-                out, self.targets, 0.5, self.min_component_ml, zooms, self.et_min_ml, self.synth_landmarks
+                out,
+                self.targets,
+                threshold=self.thresholds,
+                min_component_ml=self.min_component_ml,
+                spacing=zooms,
+                et_min_ml=self.et_min_ml,
+                synth_landmarks=self.synth_landmarks,
             )
             return Prediction(
                 case_id=str(entry["case_id"]),

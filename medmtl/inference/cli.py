@@ -132,6 +132,8 @@ def bundle_overrides(args: argparse.Namespace) -> dict[str, Any]:
         ov["min_component_ml"] = args.min_component_ml
     if getattr(args, "et_min_ml", None) is not None:
         ov["et_min_ml"] = args.et_min_ml
+    if getattr(args, "thresholds", None):
+        ov["thresholds"] = [float(t) for t in args.thresholds]
     if getattr(args, "sw_batch_size", None):
         ov["sw_batch_size"] = args.sw_batch_size
     return ov

@@ -14,7 +14,7 @@ import torch
 from monai.transforms import MapTransform
 
 from medmtl.contrasts import canonical
-from medmtl.inference.postprocessing import remove_small_components, small_et_to_netc
+from medmtl.inference.postprocessing import region_thresholds, remove_small_components, small_et_to_netc
 from medmtl.intensity import check_landmarks, standardise_synth
 from medmtl.io import write_nifti_group
 from medmtl.labels import OUTPUT_CONVENTIONS, REGIONS, regions_to_label
@@ -140,7 +140,7 @@ def _output_mask(d: Mapping[Hashable, Any]) -> np.ndarray | None:
 def case_outputs(
     d: Mapping[Hashable, Any],
     targets: Sequence[str],
-    threshold: float = 0.5,
+    threshold: float | Sequence[float] | Mapping[str, float] | None = 0.5,
     min_component_ml: float = 0.0,
     spacing: Sequence[float] | None = None,
     et_min_ml: float = 0.0,
@@ -155,7 +155,8 @@ def case_outputs(
         d: a case after postprocessing: ``seg`` (3, H, W, D) probabilities, optional ``synth``
             (len(targets), H, W, D), and ``source_brain_mask`` or ``brain_mask`` (1, H, W, D).
         targets: names of the synthesised contrasts, in the order of the ``synth`` channels.
-        threshold: probability threshold for the regions.
+        threshold: probability threshold of the regions: one for all, or one per region (TC, WT,
+            ET; a sequence or a mapping, see :func:`region_thresholds`).
         min_component_ml: remove whole-tumour components smaller than this (see
             :func:`remove_small_components`); 0 keeps all.
         spacing: voxel size in mm of the source grid (for ``min_component_ml``; 1 mm when None).
@@ -168,7 +169,7 @@ def case_outputs(
         ``(probabilities float32 (3, H, W, D), regions uint8 (3, H, W, D), {contrast: float32 image})``.
     """
     prob = np.asarray(torch.as_tensor(d["seg"]).detach().cpu(), dtype=np.float32)
-    regions = (prob > threshold).astype(np.uint8)
+    regions = (prob > region_thresholds(threshold)).astype(np.uint8)
     brain = _output_mask(d)
     if brain is not None:
         if brain.shape != prob.shape[1:]:
@@ -201,7 +202,8 @@ class WriteCaseOutputsd(MapTransform):
         write_regions: write the seg as region masks (TC, WT, ET as a 4D uint8) instead of a label map.
         overwrite: replace existing outputs.
         model_info: extra fields for the sidecar (model name, version, ...).
-        threshold: probability threshold for the regions.
+        threshold: probability threshold of the regions: one for all, or one per region (TC, WT, ET;
+            the model config's ``thresholds``, chosen on validation cases).
         min_component_ml: remove whole-tumour components smaller than this many ml (0: keep all).
         et_min_ml: a predicted ET smaller than this many ml becomes NETC (0: keep every ET).
         synth_landmarks: intensity landmarks the synthesised contrasts are standardised to (the
@@ -219,13 +221,14 @@ class WriteCaseOutputsd(MapTransform):
         write_regions: bool = False,
         overwrite: bool = False,
         model_info: Mapping[str, Any] | None = None,
-        threshold: float = 0.5,
+        threshold: float | Sequence[float] | Mapping[str, float] | None = 0.5,
         min_component_ml: float = 0.0,
         et_min_ml: float = 0.0,
         synth_landmarks: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(keys=["seg"], allow_missing_keys=True)
         check_landmarks(synth_landmarks)
+        self.thresholds = region_thresholds(threshold).ravel().tolist()
         self.synth_landmarks = synth_landmarks
         self.min_component_ml = float(min_component_ml)
         self.et_min_ml = float(et_min_ml)
@@ -235,7 +238,7 @@ class WriteCaseOutputsd(MapTransform):
         self.default_convention = default_convention
         self.output_convention = output_convention
         self.write_probabilities, self.write_regions = write_probabilities, write_regions
-        self.overwrite, self.threshold = overwrite, threshold
+        self.overwrite = overwrite
         self.model_info = dict(model_info or {})
 
     def _case_id(self, d: Mapping[Hashable, Any], source: str) -> str:
@@ -269,7 +272,7 @@ class WriteCaseOutputsd(MapTransform):
         prob, regions, synth = case_outputs(
             d,
             self.targets,
-            self.threshold,
+            self.thresholds,
             self.min_component_ml,
             zooms,
             self.et_min_ml,
@@ -302,6 +305,7 @@ class WriteCaseOutputsd(MapTransform):
             ),
             "seg_format": "regions TC,WT,ET (4D)" if self.write_regions else "BraTS label map",
             "regions": list(REGIONS),
+            "thresholds": dict(zip(REGIONS, (round(t, 4) for t in self.thresholds))),
             "contrasts_used": [
                 c for c, a in zip(self.inputs, _as_list(d.get("channel_mask"), len(self.inputs))) if a
             ],

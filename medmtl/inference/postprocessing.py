@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -71,3 +72,46 @@ def small_et_to_netc(regions: np.ndarray, spacing: Sequence[float], et_min_ml: f
     out[REGIONS.index("TC")] |= out[et]
     out[et] = 0
     return out
+
+
+def region_thresholds(
+    thresholds: float | Sequence[float] | Mapping[str, float] | None, where: str = "thresholds"
+) -> np.ndarray:
+    """Probability thresholds of the three regions as a (3, 1, 1, 1) array, channel order ``REGIONS``.
+
+    A model's ``model_config.json`` may hold thresholds chosen on validation cases
+    (``benchmarks/thresholds.py``); without them every region is cut at 0.5.
+
+    Args:
+        thresholds: one number for all regions, three in the order TC, WT, ET, a mapping
+            ``{"TC": t, "WT": t, "ET": t}``, or None (0.5).
+        where: name used in the error message (file and key, or option).
+
+    Returns:
+        float32 array of shape (3, 1, 1, 1).
+
+    Raises:
+        ValueError: a threshold that is not a number in (0, 1), or a region missing or unknown.
+    """
+    if thresholds is None:
+        values: list[Any] = [0.5] * len(REGIONS)
+    elif isinstance(thresholds, Mapping):
+        unknown = sorted(set(thresholds) - set(REGIONS))
+        missing = [r for r in REGIONS if r not in thresholds]
+        if unknown or missing:
+            raise ValueError(f"{where}: expected the regions {list(REGIONS)}, got {sorted(thresholds)}")
+        values = [thresholds[r] for r in REGIONS]
+    elif isinstance(thresholds, (int, float)) and not isinstance(thresholds, bool):
+        values = [thresholds] * len(REGIONS)
+    elif isinstance(thresholds, np.ndarray):
+        values = thresholds.astype(np.float64).ravel().tolist()
+    else:
+        values = list(thresholds)
+        if len(values) != len(REGIONS):
+            raise ValueError(
+                f"{where}: expected {len(REGIONS)} thresholds ({', '.join(REGIONS)}), got {values}"
+            )
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < float(v) < 1.0:
+            raise ValueError(f"{where}: thresholds must be numbers in (0, 1), got {values}")
+    return np.asarray(values, np.float32).reshape(-1, 1, 1, 1)
