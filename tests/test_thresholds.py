@@ -149,3 +149,14 @@ def test_scenarios_are_pooled_and_left_out_together(tmp_path):
     assert result["by_scenario"]["a"]["0.5"]["Dice_WT"][0] == pytest.approx(2 * 64 / 1792)
     assert result["by_scenario"]["b"]["leave one case out"]["Dice_WT"][0] == 1.0
     assert "| b: 0.5 |" in thresholds.markdown(result)
+
+
+def test_a_flat_optimum_keeps_the_threshold_nearest_half():
+    # Mean WT Dice 0.900 at 0.1, 0.898 at 0.3, 0.850 at 0.5: 0.3 is within the tolerance and nearer 0.5.
+    per_case = {
+        "c0": {"TC": {0.1: 0.5, 0.5: 0.5}, "WT": {0.1: 0.900, 0.3: 0.898, 0.5: 0.850}, "ET": {0.5: 0.7}}
+    }
+    per_case["c0"]["TC"] = {0.1: 0.5, 0.3: 0.5, 0.5: 0.5}
+    per_case["c0"]["ET"] = {0.1: 0.7, 0.3: 0.7, 0.5: 0.7}
+    assert thresholds._best(per_case, ["c0"]) == [0.5, 0.3, 0.5]
+    assert thresholds._best(per_case, ["c0"], tolerance=0.0) == [0.5, 0.1, 0.5]
