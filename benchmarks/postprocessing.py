@@ -38,6 +38,15 @@ COMPONENT_ML = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0)
 ET_ML = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
+def dice(pred: np.ndarray, true: np.ndarray) -> float:
+    """Dice of two binary masks with MONAI's metric; both empty scores 1 (the BraTS rule)."""
+    import torch
+    from monai.metrics import compute_dice
+
+    p, t = (torch.as_tensor(np.asarray(m, bool))[None, None] for m in (pred, true))
+    return float(compute_dice(p, t, include_background=True, ignore_empty=False)[0, 0])
+
+
 def case_scores(
     pred_dir: Path, entry: dict[str, Any], component_ml: Sequence[float], et_ml: Sequence[float]
 ) -> dict[str, Any]:
@@ -74,9 +83,7 @@ def case_scores(
             if hd:
                 out[f"Dice_{r}"], out[f"HD95_{r}"] = dice_hd95(regions[i], ref[i], spacing)
             else:
-                p, t = regions[i].astype(bool), ref[i]
-                total = int(p.sum()) + int(t.sum())
-                out[f"Dice_{r}"] = 1.0 if total == 0 else 2.0 * int((p & t).sum()) / total
+                out[f"Dice_{r}"] = dice(regions[i], ref[i])
         return out
 
     return {

@@ -31,40 +31,16 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from postprocessing import mean_std_table
+from postprocessing import dice, mean_std_table
 
 from medmtl.bundle_config import MODEL_CONFIG_FILE, read_model_config
 from medmtl.datalist import load_datalist
+from medmtl.inference.postprocessing import region_thresholds
 from medmtl.io import write_json
 from medmtl.labels import REGIONS, label_to_regions, regions_to_label
 from medmtl.metrics import region_masks
 
-CANDIDATES = (
-    0.02,
-    0.05,
-    0.1,
-    0.15,
-    0.2,
-    0.25,
-    0.3,
-    0.35,
-    0.4,
-    0.45,
-    0.5,
-    0.55,
-    0.6,
-    0.65,
-    0.7,
-    0.75,
-    0.8,
-    0.85,
-    0.9,
-)
-
-
-def _dice(p: np.ndarray, t: np.ndarray) -> float:
-    total = int(p.sum()) + int(t.sum())
-    return 1.0 if total == 0 else 2.0 * int((p & t).sum()) / total
+CANDIDATES = (0.02, *(round(0.05 * k, 2) for k in range(1, 19)))  # 0.02, 0.05, 0.1, ..., 0.9
 
 
 def written_regions(prob: np.ndarray, brain: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
@@ -78,7 +54,7 @@ def written_regions(prob: np.ndarray, brain: np.ndarray, thresholds: Sequence[fl
     Returns:
         (3, H, W, D) boolean nested regions.
     """
-    regions = (prob > np.asarray(thresholds, np.float32).reshape(-1, 1, 1, 1)) & brain[None]
+    regions = (prob > region_thresholds(thresholds)) & brain[None]
     label = regions_to_label(regions.astype(np.uint8), "brats2021")[0]
     return np.asarray(label_to_regions(label, "brats2021"), dtype=bool)
 
@@ -119,7 +95,7 @@ def case_scores(pred_dir: Path, entry: dict[str, Any], candidates: Sequence[floa
         for t in candidates:
             thr = [0.5, 0.5, 0.5]
             thr[i] = t
-            out[r][t] = _dice(written_regions(prob, brain, thr)[i], ref[i])
+            out[r][t] = dice(written_regions(prob, brain, thr)[i], ref[i])
     out["_arrays"] = (prob, brain, ref)
     return out
 
@@ -147,7 +123,7 @@ def joint(per_case: dict[str, Any], case: str, thresholds: Sequence[float]) -> d
     """Dice of all three regions of one case with the three thresholds applied together."""
     prob, brain, ref = per_case[case]["_arrays"]
     regions = written_regions(prob, brain, thresholds)
-    return {f"Dice_{r}": _dice(regions[i], ref[i]) for i, r in enumerate(REGIONS)}
+    return {f"Dice_{r}": dice(regions[i], ref[i]) for i, r in enumerate(REGIONS)}
 
 
 def _case_of(key: str) -> str:

@@ -103,10 +103,8 @@ def region_thresholds(
         values = [thresholds[r] for r in REGIONS]
     elif isinstance(thresholds, (int, float)) and not isinstance(thresholds, bool):
         values = [thresholds] * len(REGIONS)
-    elif isinstance(thresholds, np.ndarray):
-        values = thresholds.astype(np.float64).ravel().tolist()
     else:
-        values = list(thresholds)
+        values = thresholds.ravel().tolist() if isinstance(thresholds, np.ndarray) else list(thresholds)
         if len(values) != len(REGIONS):
             raise ValueError(
                 f"{where}: expected {len(REGIONS)} thresholds ({', '.join(REGIONS)}), got {values}"
