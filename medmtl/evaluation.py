@@ -26,8 +26,10 @@ import numpy as np
 
 from medmtl import report
 from medmtl.challenge_metrics import (
+    BRASYN_METRICS,
     HD95_PENALTY,
     LESIONWISE_METRICS,
+    brasyn_metrics,
     brats_evaluation_status,
     lesionwise_metrics,
 )
@@ -68,6 +70,12 @@ METRIC_DEFINITIONS: dict[str, str] = {
     "LesionTP": "matched lesions (official brats-evaluation)",
     "LesionFP": "predicted lesions matching no reference lesion (official brats-evaluation)",
     "LesionFN": "reference lesions matching no predicted lesion (official brats-evaluation)",
+    "BraSynSSIM_tumour": "BraSyn challenge SSIM of the tumour: each image clipped at the 0.5/99.5 "
+    "percentiles of its whole volume (lower one floored at 0), scaled to [0, 1], cut to the tumour "
+    "(label > 0); torchmetrics' SSIM map (window 11, sigma 1.5) averaged over the tumour voxels",
+    "BraSynSSIM_nontumour": "BraSyn challenge SSIM of the non-tumour part: as BraSynSSIM_tumour, over every "
+    "voxel outside the tumour, background included (higher than a brain-only SSIM)",
+    "BraSynPSNR": "PSNR (dB, peak 1) of the whole volume after the BraSyn normalisation",
 }
 
 # ---------------------------------------------------------------------------------------------------------
@@ -269,6 +277,9 @@ def _evaluate_case(
         spacing = ref_img.header.get_zooms()[:3]
         for key, value in synthesis_metrics(syn, ref, None, tumour, spacing).items():
             row[f"{contrast}_{key}"] = value
+        if tumour is not None:
+            for key, value in brasyn_metrics(syn, ref, tumour).items():
+                row[f"{contrast}_{key}"] = value
         acquired = [canonical(c) for c in used] if used is not None else list(case.sources)
         others = [c for c in acquired if c in case.sources and c != contrast]
         # A case with one contrast, reconstructed from itself, has no other image to copy: no baseline.
@@ -279,6 +290,9 @@ def _evaluate_case(
                 raise ValueError(f"{base_path}: shape {base.shape} differs from {ref_path} {ref.shape}")
             for key, value in synthesis_metrics(base, ref, None, tumour, spacing).items():
                 if not key.startswith("Vol_ml"):
+                    row[f"{contrast}_baseline_{key}"] = value
+            if tumour is not None:
+                for key, value in brasyn_metrics(base, ref, tumour).items():
                     row[f"{contrast}_baseline_{key}"] = value
             row[f"{contrast}_baseline_source"] = source
         synth_pairs[contrast] = (ref, syn)
@@ -317,6 +331,7 @@ def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     for c in CONTRASTS:
         for who in ("", "baseline_"):
             synth += [f"{c}_{who}{m}_{reg}" for reg in SYNTHESIS_REGIONS for m in SYNTHESIS_METRICS]
+            synth += [f"{c}_{who}{m}" for m in BRASYN_METRICS]
         synth += [f"{c}_Vol_ml_{reg}" for reg in SYNTHESIS_REGIONS] + [f"{c}_baseline_source"]
     ordered = ["case_id", *seg, *synth]
     extra = sorted(present - set(ordered))
@@ -435,6 +450,24 @@ def _markdown(
                 for k, d in (("SSIM", 3), ("PSNR", 2), ("MAE", 4)):
                     cells += [_fmt(m.get(f"{c}_{k}_{reg}"), d), _fmt(m.get(f"{c}_baseline_{k}_{reg}"), d)]
                 lines.append(f"| {c} | {reg} | " + " | ".join(cells) + " |")
+        brasyn = [c for c in contrasts if f"{c}_{BRASYN_METRICS[0]}" in m]
+        if brasyn:
+            lines += [
+                "",
+                "BraSyn challenge scores (its evaluation script's definition: each image clipped at the "
+                "0.5/99.5 percentiles of its whole volume and scaled to [0, 1]; SSIM map of torchmetrics "
+                "over the tumour, and over everything outside it, background included; PSNR of the whole "
+                "volume). Not comparable with the brain-region scores above.",
+                "",
+                "| Contrast | SSIM tumour | baseline | SSIM non-tumour | baseline | PSNR (dB) | baseline |",
+                "| --- | --- | --- | --- | --- | --- | --- |",
+            ]
+            for c in brasyn:
+                cells = []
+                for k in BRASYN_METRICS:
+                    d = 2 if k.endswith("PSNR") else 3
+                    cells += [_fmt(m.get(f"{c}_{k}"), d), _fmt(m.get(f"{c}_baseline_{k}"), d)]
+                lines.append(f"| {c} | " + " | ".join(cells) + " |")
     if figures:
         lines += ["", "## Figures", ""]
         lines += [f"![{Path(f).stem}]({f})" for f in figures]

@@ -8,5 +8,6 @@ STAGES: tuple[str, ...] = ("pretrain_seg", "pretrain_synth", "heads", "joint")
 ABLATIONS: tuple[str, ...] = ("seg_only", "synth_only")
 #: Other runs trained by a config of the same name: local synthesis (see :mod:`medmtl.local_synthesis`,
 #: weights in ``models/local_synthesis``) and the full-resolution refinement of a trained coarse model
-#: (see :mod:`medmtl.networks.refinement`, weights in ``models``).
-TASK_CONFIGS: tuple[str, ...] = ("local_synthesis", "refine")
+#: (see :mod:`medmtl.networks.refinement`, weights in ``models``), and the guided synthesis of a
+#: trained coarse model (see :mod:`medmtl.networks.guided`, weights in ``models``).
+TASK_CONFIGS: tuple[str, ...] = ("local_synthesis", "refine", "guided")

@@ -8,6 +8,7 @@ transforms for each branch, per-task loss logging, a PCGrad iteration and checkp
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -108,10 +109,14 @@ class SynthOutput:
 
     Args:
         channel: synthesised channel to keep; all when None.
+        absent_only: score only the targets the case's input lacked (``synth_weight`` > 0, written by
+            ``val_transforms(withhold=True)``); the others become NaN, which
+            :class:`BrainSynthesisMetric` leaves out.
     """
 
-    def __init__(self, channel: int | None = None) -> None:
+    def __init__(self, channel: int | None = None, absent_only: bool = False) -> None:
         self.channel = channel
+        self.absent_only = absent_only
 
     def __call__(self, output: Any) -> tuple[torch.Tensor, torch.Tensor]:
         out = _first(output)
@@ -119,6 +124,10 @@ class SynthOutput:
         target = out[Keys.LABEL]["synth"].float()
         mask = out[Keys.LABEL].get("brain_mask")
         mask = (target[:, :1] != 0).float() if mask is None else (mask > 0).float()
+        weight = out[Keys.LABEL].get("synth_weight")
+        if self.absent_only and weight is not None:
+            absent = weight.to(target.device).reshape(*weight.shape[:2], *([1] * (target.dim() - 2))) > 0
+            target = torch.where(absent, target, torch.full_like(target, float("nan")))
         if self.channel is not None:
             pred = pred[:, self.channel : self.channel + 1]
             target = target[:, self.channel : self.channel + 1]
@@ -156,6 +165,8 @@ class BrainSynthesisMetric(CumulativeIterationMetric):
             if not brain[b].any():
                 continue
             for c in range(pred.shape[1]):
+                if math.isnan(float(target[b, c].flat[0])):
+                    continue
                 scores_bc = synthesis_metrics(pred[b, c], target[b, c], brain[b], ssim=self.score == "SSIM")
                 value = scores_bc[f"{self.score}_brain"]
                 scores[b, c] = min(value, 100.0)  # identical images: PSNR inf, kept finite for the mean

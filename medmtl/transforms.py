@@ -26,6 +26,7 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import (
+    ClassesToIndicesd,
     Compose,
     CopyItemsd,
     CropForegroundd,
@@ -269,6 +270,50 @@ class RandDropContrastsd(Randomizable, MapTransform):
                 img = img.clone() if isinstance(img, torch.Tensor) else np.array(img, copy=True)
                 img[self._drop] = 0
                 mask[self._drop] = 0
+            d[key], d[self.mask_key] = img, mask
+        return d
+
+
+class WithholdContrastd(MapTransform):
+    """Withhold one real input contrast per case, the same one every time (validation of synthesis).
+
+    Model selection must score the synthesis of a contrast the network does not see, not the
+    restoration of its inputs. Each case loses one of its real inputs, chosen from a checksum of its
+    ``case_id`` (so a validation set covers every contrast and the choice never changes between
+    epochs); the channel is zero-filled and flagged absent in the channel mask. A case with a single
+    real input keeps it.
+
+    Args:
+        keys: input image key.
+        mask_key: channel mask key, updated in place.
+        id_key: key of the case identifier.
+        allow_missing_keys: don't raise for absent keys.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        mask_key: str = "channel_mask",
+        id_key: str = "case_id",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.mask_key, self.id_key = mask_key, id_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        import zlib
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            mask = torch.as_tensor(d.get(self.mask_key, torch.ones(img.shape[0]))).clone().float()
+            present = [i for i in range(img.shape[0]) if mask[i] > 0]
+            if len(present) <= 1:
+                continue
+            drop = present[zlib.crc32(str(d.get(self.id_key, "")).encode()) % len(present)]
+            img = img.clone() if isinstance(img, torch.Tensor) else np.array(img, copy=True)
+            img[drop] = 0
+            mask[drop] = 0
             d[key], d[self.mask_key] = img, mask
         return d
 
@@ -577,6 +622,11 @@ def train_transforms(
     if crop == "classes":
         xforms += [
             RegionClassesd(keys="label"),
+            # The voxels of each class, found once and cached with the case (a whole-volume scan
+            # per patch otherwise, which costs as much as the network's step on a 1 mm volume).
+            ClassesToIndicesd(
+                keys="crop_classes", num_classes=4, image_key="brain_mask", image_threshold=0.5
+            ),
             RandCropByLabelClassesd(
                 keys=patch_keys,
                 label_key="crop_classes",
@@ -584,11 +634,10 @@ def train_transforms(
                 ratios=list(class_ratios),
                 num_classes=4,
                 num_samples=num_samples,
-                image_key="brain_mask",
-                image_threshold=0.5,
+                indices_key="crop_classes_cls_indices",
                 warn=False,
             ),  # fmt: skip
-            DeleteItemsd(keys="crop_classes"),
+            DeleteItemsd(keys=["crop_classes", "crop_classes_cls_indices"]),
         ]
     else:
         xforms.append(
@@ -616,6 +665,7 @@ def val_transforms(
     inputs: Sequence[str] = DEFAULT_INPUTS,
     targets: Sequence[str] = DEFAULT_TARGETS,
     spacing: Sequence[float] | None = (1.0, 1.0, 1.0),
+    withhold: bool = False,
 ) -> Compose:
     """Validation pipeline: whole volumes (cropped to the brain) with label and synthesis targets.
 
@@ -623,12 +673,23 @@ def val_transforms(
         inputs: contrasts fed to the network.
         targets: contrasts to synthesise.
         spacing: target voxel size in mm, as in training.
+        withhold: withhold one input contrast per case (:class:`WithholdContrastd`) and weight the
+            synthesis targets 1 where absent, 0 where they are inputs (``synth_weight``), so that
+            ``SynthOutput(absent_only=True)`` scores the synthesis of missing contrasts only.
 
     Returns:
         A MONAI ``Compose``.
     """
-    xforms = brain_crop_transforms(["image", "label"], spacing)
-    return Compose([*xforms, SplitTaskd(keys="image", inputs=inputs, targets=targets)])
+    xforms = [
+        *brain_crop_transforms(["image", "label"], spacing),
+        SplitTaskd(keys="image", inputs=inputs, targets=targets),
+    ]
+    if withhold:
+        xforms += [
+            WithholdContrastd(keys="image"),
+            SynthWeightd(inputs=inputs, targets=targets, present_weight=0.0),
+        ]
+    return Compose(xforms)
 
 
 #: Key of the brain mask in the scan's own grid, kept beside the transformed image by inference.

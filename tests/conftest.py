@@ -76,21 +76,25 @@ def make_bundle(
     model_dir: str = "models",
     stage: str = "joint",
     refinement: dict | None = None,
+    guided: dict | None = None,
 ) -> Path:
     """A bundle folder as training leaves it: the shipped configs, ``<model_dir>/model_config.json`` and
     random ``model.pt`` of the ``cpu`` preset (2 mm spacing, 64^3 windows); ``in_channels`` defaults to
-    one per input contrast; ``refinement`` wraps the model in a full-resolution refinement head."""
+    one per input contrast; ``refinement`` wraps the model in a full-resolution refinement head,
+    ``guided`` in a guided synthesis (both run the 2 mm network inside a 1 mm model)."""
     shutil.copytree(BUNDLE_CONFIGS, root / "configs")
     write_model_config(
         root / model_dir,
         {
             "input_contrasts": list(inputs),
             "target_contrasts": list(targets),
-            "spacing": [2.0, 2.0, 2.0],
+            "spacing": [2.0, 2.0, 2.0] if guided is None else [1.0, 1.0, 1.0],
             "roi_size": [64, 64, 64],
             "val_roi_size": [64, 64, 64],
             "network_preset": "cpu",
-            "network_kwargs": {} if refinement is None else {"refinement": refinement},
+            "network_kwargs": {
+                k: v for k, v in (("refinement", refinement), ("guided", guided)) if v is not None
+            },
             "input_mask": input_mask,
             "stage": stage,
         },
@@ -102,6 +106,7 @@ def make_bundle(
         synth_channels=max(1, len(targets)),
         input_mask=input_mask,
         refinement=refinement,
+        guided=guided,
     )
     torch.save(net.state_dict(), root / model_dir / "model.pt")
     return root

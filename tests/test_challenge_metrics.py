@@ -248,3 +248,49 @@ def test_inpainting_metrics_of_the_official_package(brats_dir):
     blurred = np.where(region, ndimage.uniform_filter(t1n, 5), t1n)
     worse = challenge_metrics.inpainting_metrics(blurred, t1n, voided, region)
     assert worse["InpaintSSIM"] < 0.99 and worse["InpaintMSE"] > 0.0 and math.isfinite(worse["InpaintPSNR"])
+
+
+def _torchmetrics_map(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    torch = pytest.importorskip("torch")
+    image = pytest.importorskip("torchmetrics.image")
+    as5d = [torch.from_numpy(a).float()[None, None] for a in (pred, target)]
+    return image.StructuralSimilarityIndexMeasure(return_full_image=True)(*as5d)[1][0, 0].double().numpy()
+
+
+def _head(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ref = np.zeros((40, 36, 30))
+    ref[8:30, 6:30, 5:25] = 100 * rng.random((22, 24, 20))
+    pred = ref.copy()
+    pred[8:30, 6:30, 5:25] = 0.7 * ref[8:30, 6:30, 5:25] + 30 * rng.random((22, 24, 20))
+    tumour = np.zeros(ref.shape, np.uint8)
+    tumour[12:20, 10:18, 8:14] = 2
+    return pred, ref, tumour
+
+
+def test_brasyn_ssim_map_is_the_torchmetrics_map():
+    pred, ref, _ = _head(np.random.default_rng(0))
+    pred, ref = pred / 100, ref / 100
+    np.testing.assert_allclose(
+        challenge_metrics.brasyn_ssim_map(pred, ref), _torchmetrics_map(pred, ref), atol=1e-4
+    )
+
+
+def test_brasyn_scores_follow_the_challenge_script():
+    pred, ref, tumour = _head(np.random.default_rng(1))
+    scores = challenge_metrics.brasyn_metrics(pred, ref, tumour)
+
+    # the challenge script, on the whole volume: percentile clip, cut to each part, torchmetrics map
+    def norm(a):
+        lo, hi = np.percentile(a, [0.5, 99.5])
+        lo = max(lo, 0.0)
+        return (np.clip(a, lo, hi) - lo) / (hi - lo)
+
+    p, r, m = norm(pred), norm(ref), tumour > 0
+    expected_tumour = _torchmetrics_map(p * m, r * m)[m].mean()
+    expected_rest = _torchmetrics_map(p * ~m, r * ~m)[~m].mean()
+    assert scores["BraSynSSIM_tumour"] == pytest.approx(expected_tumour, abs=1e-4)
+    assert scores["BraSynSSIM_nontumour"] == pytest.approx(expected_rest, abs=1e-4)
+    assert scores["BraSynPSNR"] == pytest.approx(10 * np.log10(1 / np.mean((p - r) ** 2)))
+    perfect = challenge_metrics.brasyn_metrics(ref, ref, tumour)
+    assert perfect["BraSynSSIM_tumour"] == pytest.approx(1.0) and perfect["BraSynPSNR"] == float("inf")
+    assert np.isnan(challenge_metrics.brasyn_metrics(pred, ref, np.zeros_like(tumour))["BraSynSSIM_tumour"])

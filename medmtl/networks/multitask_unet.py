@@ -349,8 +349,9 @@ def set_trainable(
 ) -> None:
     """Freeze or unfreeze the parts of a :class:`MultiTaskUNet` (staged training).
 
-    For a :class:`~medmtl.networks.refinement.RefinedMultiTaskUNet` the flags apply to its coarse
-    network; the refinement head is always trained.
+    For a :class:`~medmtl.networks.refinement.RefinedMultiTaskUNet` or a
+    :class:`~medmtl.networks.guided.GuidedSynthesisUNet` the flags apply to its coarse network; a
+    refinement head is always trained.
 
     Frozen parameters get ``requires_grad=False`` and their ``.grad`` is cleared, so an optimiser built
     over all parameters (Adam, SGD with momentum, weight decay) leaves them bit-identical: PyTorch
@@ -368,9 +369,10 @@ def set_trainable(
             which would keep changing in training mode.
     """
     base = getattr(net, "base", None)
-    if base is not None:  # a RefinedMultiTaskUNet: its coarse network, and its head (always trained)
+    if base is not None:  # a wrapper of a coarse network, with a head that is always trained or none
         set_trainable(base, encoder=encoder, seg=seg, synth=synth, vae=vae)
-        for p in net.head.parameters():
+        head = getattr(net, "head", None)
+        for p in head.parameters() if head is not None else ():
             p.requires_grad_(True)
         return
     flags = {"encoder": encoder, "seg": seg, "synth": synth, "vae": encoder if vae is None else vae}

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 
+from medmtl.networks.coarse import CoarseWrapper, load_coarse_weights
 from medmtl.networks.multitask_unet import MultiTaskUNet
 
 
@@ -103,14 +103,14 @@ class RefinementHead(nn.Module):
         return seg + delta[:, : self.seg_channels], synth + delta[:, self.seg_channels :]
 
 
-class RefinedMultiTaskUNet(nn.Module):
+class RefinedMultiTaskUNet(CoarseWrapper):
     """A :class:`MultiTaskUNet` run at ``1/factor`` of the input resolution, refined at full resolution.
 
     The input is average-pooled by ``factor`` for the coarse network (2 mm for 1 mm inputs); its
     outputs are upsampled (trilinear) back to the input's size and corrected by a
     :class:`RefinementHead`. Outputs have the input's spatial size, as the coarse network's do; the
-    interface (``forward`` dict, ``forward_tuple``, ``divisor``, ``parameter_groups``) is the same,
-    so the bundle's inferers, export and training use it unchanged.
+    interface is the coarse network's (:class:`~medmtl.networks.coarse.CoarseWrapper`), so the
+    bundle's inferers, export and training use it unchanged.
 
     Args:
         base: the coarse network.
@@ -120,11 +120,7 @@ class RefinedMultiTaskUNet(nn.Module):
     """
 
     def __init__(self, base: MultiTaskUNet, factor: int = 2, features: int = 8, layers: int = 2) -> None:
-        super().__init__()
-        if factor < 1:
-            raise ValueError(f"factor must be >= 1, found {factor}")
-        self.base = base
-        self.factor = int(factor)
+        super().__init__(base, factor)
         self.head = RefinementHead(
             base.in_channels,
             base.seg_channels,
@@ -135,45 +131,6 @@ class RefinedMultiTaskUNet(nn.Module):
             spatial_dims=base.spatial_dims,
         )
 
-    # the attributes export and the bundle configs read from a network
-    @property
-    def spatial_dims(self) -> int:
-        return self.base.spatial_dims
-
-    @property
-    def in_channels(self) -> int:
-        return self.base.in_channels
-
-    @property
-    def seg_channels(self) -> int:
-        return self.base.seg_channels
-
-    @property
-    def synth_channels(self) -> int:
-        return self.base.synth_channels
-
-    @property
-    def input_mask(self) -> bool:
-        return self.base.film is not None
-
-    @property
-    def divisor(self) -> int:
-        return self.base.divisor * self.factor
-
-    def _coarse(self, x: torch.Tensor, channel_mask: torch.Tensor | None) -> dict[str, Any]:
-        pool = F.avg_pool3d if x.ndim == 5 else F.avg_pool2d
-        small = pool(x, self.factor, ceil_mode=True) if self.factor > 1 else x
-        return self.base(small, channel_mask)
-
-    def _refine(
-        self, x: torch.Tensor, coarse: dict[str, Any], channel_mask: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        size = [int(s) for s in x.shape[2:]]
-        mode = "trilinear" if x.ndim == 5 else "bilinear"
-        seg = F.interpolate(coarse["seg"], size=size, mode=mode, align_corners=False)
-        synth = F.interpolate(coarse["synth"], size=size, mode=mode, align_corners=False)
-        return self.head(x, seg, synth, channel_mask)
-
     def forward(self, x: torch.Tensor, channel_mask: torch.Tensor | None = None) -> dict[str, Any]:
         """Run the coarse network and the refinement.
 
@@ -183,21 +140,13 @@ class RefinedMultiTaskUNet(nn.Module):
 
         Returns:
             ``{"seg", "synth"}`` at ``S``; in training mode also the coarse network's extra outputs
-            (``"seg_ds"``, ``"vae_loss"``) and ``"coarse"``, its own ``{"seg", "synth"}``.
+            (``"seg_ds"``, ``"vae_loss"``).
         """
-        coarse = self._coarse(x, channel_mask)
-        seg, synth = self._refine(x, coarse, channel_mask)
-        out: dict[str, Any] = {"seg": seg, "synth": synth}
-        if self.training:
-            out.update({k: v for k, v in coarse.items() if k not in ("seg", "synth")})
-        return out
-
-    def forward_tuple(
-        self, x: torch.Tensor, channel_mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inference outputs as a tuple ``(seg, synth)`` (for tracing and export)."""
-        out = self.forward(x, channel_mask)
-        return out["seg"], out["synth"]
+        coarse = self.coarse(x, channel_mask)
+        seg, synth = self.head(
+            x, self.upsample(coarse["seg"], x), self.upsample(coarse["synth"], x), channel_mask
+        )
+        return {"seg": seg, "synth": synth, **self.extras(coarse)}
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """The coarse network's groups plus ``"refine"``, the head's parameters."""
@@ -219,17 +168,4 @@ def load_coarse(net: RefinedMultiTaskUNet, weights: str | None) -> RefinedMultiT
     Raises:
         ValueError: without ``weights``, or when they do not fit the coarse network.
     """
-    from medmtl.bundle_config import read_state_dict
-
-    if not weights:
-        raise ValueError(
-            "refinement needs the coarse model's weights: set coarse_weights=RUN/models/model.pt"
-        )
-    state = read_state_dict(weights)
-    try:
-        net.base.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(
-            f"{weights} does not hold the weights of the coarse network its config describes: {err}"
-        ) from None
-    return net
+    return load_coarse_weights(net, weights)
