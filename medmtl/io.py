@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -12,6 +13,42 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+
+#: errno of a failed write -> what happened and what the user can do about it
+_WRITE_ADVICE: dict[int, str] = {
+    errno.ENOSPC: "no space left on the device; free some space or choose another output folder",
+    errno.EDQUOT: "disk quota exceeded; free some space or choose another output folder",
+    errno.EROFS: "the folder is on a read-only file system; choose a writable output folder",
+    errno.EACCES: "permission denied; choose a writable output folder",
+    errno.EPERM: "operation not permitted; choose a writable output folder",
+}
+
+
+class OutputWriteError(OSError):
+    """Writing an output failed (a full disk, a read-only folder, ...): one line naming the file.
+
+    Nothing of the file is left behind (see :func:`atomic_path`, :func:`write_nifti_group`).
+
+    Args:
+        path: the file that could not be written.
+        cause: the error the system reported.
+    """
+
+    def __init__(self, path: str | os.PathLike, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror or str(cause), str(path))
+        advice = _WRITE_ADVICE.get(cause.errno or -1)
+        reason = advice or f"{cause.strerror or cause}; check the output folder"
+        self.message = f"cannot write {path}: {reason} (no partial file was left)"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _write_error(err: OSError, path: str | os.PathLike) -> OSError:
+    """``err`` as an :class:`OutputWriteError` naming ``path`` (errors that already say more kept)."""
+    if err.errno is None or isinstance(err, (OutputWriteError, FileExistsError, FileNotFoundError)):
+        return err
+    return OutputWriteError(path, err)
 
 
 @contextmanager
@@ -31,6 +68,7 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
     Raises:
         FileExistsError: if ``path`` exists and ``overwrite`` is False.
         PermissionError: if the folder is not writable (raised before anything is written).
+        OutputWriteError: when writing fails (a full disk, a read-only file system), naming ``path``.
     """
     final = Path(path)
     if final.exists() and not overwrite:
@@ -39,7 +77,10 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
     if not os.access(final.parent, os.W_OK):
         raise PermissionError(f"output folder {final.parent} is not writable")
     suffix = "".join(final.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
+    except OSError as err:
+        raise _write_error(err, final) from err
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -49,6 +90,8 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, final)
+    except OSError as err:
+        raise _write_error(err, final) from err
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -131,13 +174,18 @@ def write_nifti_group(
 
     Returns:
         The image paths written.
+
+    Raises:
+        OutputWriteError: when a file cannot be written (a full disk, a read-only file system),
+            naming it; no new file is left behind.
     """
     tmps: list[tuple[Path, Path]] = []
     umask = os.umask(0)
     os.umask(umask)
+    current: Path = Path(sidecar_path)
     try:
         for final, (arr, dtype, descrip) in files.items():
-            final = Path(final)
+            final = current = Path(final)
             final.parent.mkdir(parents=True, exist_ok=True)
             if not os.access(final.parent, os.W_OK):
                 raise PermissionError(f"output folder {final.parent} is not writable")
@@ -152,10 +200,13 @@ def write_nifti_group(
                 img.header["descrip"] = descrip.encode()[:79]
             nib.save(img, tmp)
             os.chmod(tmp, 0o666 & ~umask)
+        current = Path(sidecar_path)
         with atomic_path(sidecar_path, overwrite=True) as tmp_json:
             tmp_json.write_text(json.dumps(dict(sidecar), indent=2) + "\n")
             for tmp, final in tmps:
                 os.replace(tmp, final)
+    except OSError as err:
+        raise _write_error(err, current) from err
     finally:
         for tmp, _ in tmps:
             if tmp.exists():

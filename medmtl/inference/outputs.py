@@ -14,6 +14,7 @@ import torch
 from monai.transforms import MapTransform
 
 from medmtl.contrasts import canonical
+from medmtl.inference.input_checks import input_findings
 from medmtl.inference.postprocessing import region_thresholds, remove_small_components, small_et_to_netc
 from medmtl.intensity import check_landmarks, standardise_synth
 from medmtl.io import write_nifti_group
@@ -49,39 +50,116 @@ def output_paths(out_dir: str | os.PathLike, case_id: str, targets: Sequence[str
     return paths
 
 
-def is_done(out_dir: str | os.PathLike, case_id: str, targets: Sequence[str]) -> bool:
-    """Whether every output of a case exists (a killed cohort run resumes after these)."""
-    return all(p.exists() for p in output_paths(out_dir, case_id, targets).values())
+def written_contrasts(
+    targets: Sequence[str], acquired: Sequence[str] | None, restorations: bool = False
+) -> list[str]:
+    """The synthesised contrasts written for a case: those it lacks, or every target with ``restorations``.
+
+    Args:
+        targets: the model's synthesised contrasts.
+        acquired: the contrasts the case has (None: unknown, every target is written).
+        restorations: also write the synthesised versions of the acquired contrasts.
+
+    Returns:
+        Canonical names, in the order of ``targets``.
+    """
+    have = set() if restorations or acquired is None else {canonical(c) for c in acquired}
+    return [canonical(c) for c in targets if canonical(c) not in have]
+
+
+def entry_output_paths(
+    entry: Mapping[str, Any],
+    out_dir: str | os.PathLike,
+    targets: Sequence[str],
+    restorations: bool = False,
+    inputs: Sequence[str] | None = None,
+) -> dict[str, Path]:
+    """The files inference writes for one case entry (see :func:`output_paths`, :func:`written_contrasts`).
+
+    Args:
+        entry: the case's entry (``case_id``, ``contrasts``).
+        out_dir: output folder.
+        targets: the model's synthesised contrasts.
+        restorations: the run writes the synthesised acquired contrasts too.
+        inputs: the model's input contrasts (a contrast the model does not read counts as lacking).
+    """
+    acquired = entry.get("contrasts")
+    if acquired is not None and inputs is not None:
+        model_inputs = {canonical(c) for c in inputs}
+        acquired = [c for c in acquired if canonical(c) in model_inputs]
+    written = written_contrasts(targets, acquired, restorations)
+    return output_paths(out_dir, str(entry["case_id"]), written)
+
+
+def is_done(
+    out_dir: str | os.PathLike,
+    case_id: str,
+    targets: Sequence[str],
+    entry: Mapping[str, Any] | None = None,
+    restorations: bool = False,
+    inputs: Sequence[str] | None = None,
+) -> bool:
+    """Whether every output of a case exists (a killed cohort run resumes after these).
+
+    Args:
+        out_dir: output folder.
+        case_id: case identifier.
+        targets: the model's synthesised contrasts.
+        entry: the case's entry; its ``contrasts`` decide which synthesised files are expected.
+        restorations: whether the run writes the synthesised acquired contrasts too.
+        inputs: the model's input contrasts.
+    """
+    paths = (
+        entry_output_paths({**entry, "case_id": case_id}, out_dir, targets, restorations, inputs)
+        if entry is not None
+        else output_paths(out_dir, case_id, targets)
+    )
+    return all(p.exists() for p in paths.values())
 
 
 def pending_cases(
-    entries: Sequence[dict], out_dir: str | os.PathLike, targets: Sequence[str], overwrite: bool = False
+    entries: Sequence[dict],
+    out_dir: str | os.PathLike,
+    targets: Sequence[str],
+    overwrite: bool = False,
+    restorations: bool = False,
+    inputs: Sequence[str] | None = None,
 ) -> list[dict]:
-    """Datalist entries whose outputs are not all there yet (all of them when ``overwrite``).
+    """Entries whose outputs are not all there yet (all of them when ``overwrite``).
+
+    Case folders and datalists alike: a rerun of the same command resumes after the finished cases.
 
     Args:
-        entries: datalist entries with ``case_id``.
+        entries: entries with ``case_id`` (and ``contrasts``).
         out_dir: output folder.
-        targets: synthesised contrasts.
+        targets: the model's synthesised contrasts.
         overwrite: redo finished cases.
+        restorations: the run writes the synthesised acquired contrasts too.
+        inputs: the model's input contrasts.
 
     Returns:
         The entries still to run.
     """
     if overwrite:
         return list(entries)
-    return [e for e in entries if not is_done(out_dir, str(e["case_id"]), targets)]
+    return [e for e in entries if not is_done(out_dir, str(e["case_id"]), targets, e, restorations, inputs)]
 
 
 def existing_outputs(
-    entries: Sequence[dict], out_dir: str | os.PathLike, targets: Sequence[str]
+    entries: Sequence[dict],
+    out_dir: str | os.PathLike,
+    targets: Sequence[str],
+    restorations: bool = False,
+    inputs: Sequence[str] | None = None,
 ) -> list[str]:
     """Output files of these cases that already exist in ``out_dir``.
 
     Args:
-        entries: entries with ``case_id``.
+        entries: entries with ``case_id`` (and ``contrasts``).
         out_dir: output folder.
-        targets: synthesised contrasts.
+        targets: the model's synthesised contrasts.
+        restorations: the run writes the synthesised acquired contrasts too.
+        inputs: the model's input contrasts.
 
     Returns:
         The existing paths.
@@ -89,7 +167,7 @@ def existing_outputs(
     return [
         str(p)
         for e in entries
-        for p in output_paths(out_dir, str(e["case_id"]), targets).values()
+        for p in entry_output_paths(e, out_dir, targets, restorations, inputs).values()
         if p.exists()
     ]
 
@@ -208,6 +286,8 @@ class WriteCaseOutputsd(MapTransform):
         et_min_ml: a predicted ET smaller than this many ml becomes NETC (0: keep every ET).
         synth_landmarks: intensity landmarks the synthesised contrasts are standardised to (the
             model config's ``synth_landmarks``); None writes the network's z-scores unchanged.
+        restorations: also write the synthesised versions of the contrasts a case has (by default
+            only the contrasts it lacks are written).
     """
 
     def __init__(
@@ -225,8 +305,10 @@ class WriteCaseOutputsd(MapTransform):
         min_component_ml: float = 0.0,
         et_min_ml: float = 0.0,
         synth_landmarks: Mapping[str, Any] | None = None,
+        restorations: bool = False,
     ) -> None:
         super().__init__(keys=["seg"], allow_missing_keys=True)
+        self.restorations = bool(restorations)
         check_landmarks(synth_landmarks)
         self.thresholds = region_thresholds(threshold).ravel().tolist()
         self.synth_landmarks = synth_landmarks
@@ -254,7 +336,10 @@ class WriteCaseOutputsd(MapTransform):
         source = _source_reference(d)
         ref = nib.load(source)
         case_id = self._case_id(d, source)
-        paths = output_paths(self.out_dir, case_id, self.targets if "synth" in d else [])
+        mask = _as_list(d.get("channel_mask"), len(self.inputs))
+        acquired = [c for c, a in zip(self.inputs, mask) if a]
+        written = written_contrasts(self.targets, acquired, self.restorations) if "synth" in d else []
+        paths = output_paths(self.out_dir, case_id, written)
         if not self.overwrite:
             existing = [str(p) for p in paths.values() if p.exists()]
             if existing:
@@ -284,8 +369,8 @@ class WriteCaseOutputsd(MapTransform):
             arrays["seg"] = (np.moveaxis(regions, 0, -1), np.uint8)
         else:
             arrays["seg"] = (regions_to_label(regions, conv)[0], np.uint8)
-        for c, img in synth.items():
-            arrays[c] = (img, np.float32)
+        for c in written:
+            arrays[c] = (synth[c], np.float32)
         if self.write_probabilities:
             paths["prob"] = self.out_dir / f"{case_id}_prob.nii.gz"
             arrays["prob"] = (np.moveaxis(prob, 0, -1), np.float32)
@@ -296,6 +381,9 @@ class WriteCaseOutputsd(MapTransform):
                 case_id,
                 d["unusable"],
             )
+        findings, lines = input_findings(case_id, _output_mask(d), acquired)
+        for line in lines:
+            logger.warning(line)
         sidecar = {
             "case_id": case_id,
             "source": source,
@@ -306,14 +394,12 @@ class WriteCaseOutputsd(MapTransform):
             "seg_format": "regions TC,WT,ET (4D)" if self.write_regions else "BraTS label map",
             "regions": list(REGIONS),
             "thresholds": dict(zip(REGIONS, (round(t, 4) for t in self.thresholds))),
-            "contrasts_used": [
-                c for c, a in zip(self.inputs, _as_list(d.get("channel_mask"), len(self.inputs))) if a
-            ],
-            "contrasts_missing": [
-                c for c, a in zip(self.inputs, _as_list(d.get("channel_mask"), len(self.inputs))) if not a
-            ],
+            "contrasts_used": acquired,
+            "contrasts_missing": [c for c in self.inputs if c not in acquired],
             "contrasts_unusable": [c for c in str(d.get("unusable") or "").split(",") if c],
-            "synthesised": self.targets if "synth" in d else [],
+            "synthesised": written,
+            "restorations": [c for c in written if c in acquired],
+            **findings,
             "intensity_space": INTENSITY_SPACE,
             "intensity_note": INTENSITY_NOTE_STANDARDISED if self.synth_landmarks else INTENSITY_NOTE,
             "shape": list(shape),
