@@ -68,9 +68,16 @@ IN_CHANNELS = len(CONTRASTS) + 1 + 3
 #: Margin (mm) around a lesion's whole tumour that is blanked with it, so the network also draws the
 #: transition to healthy tissue.
 LESION_MARGIN_MM = 3.0
-#: Default bundle holding trained local-synthesis weights.
-DEFAULT_LOCAL_BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "brats_mtl"
+#: The local-synthesis weights inside a bundle (the shipped bundle's by default: see
+#: :func:`medmtl.bundle_config.shipped_bundle`, which finds it in a checkout and in an installed package).
 LOCAL_MODEL = "models/local_synthesis/model.pt"
+
+
+def local_bundle(bundle: str | os.PathLike | None = None) -> Path:
+    """The bundle whose ``models/local_synthesis`` weights to use: ``bundle``, else the shipped one."""
+    from medmtl.bundle_config import shipped_bundle
+
+    return Path(bundle) if bundle else shipped_bundle()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -380,7 +387,7 @@ def _load_bundle(bundle: str | os.PathLike | None, device: str | None) -> tuple[
     from medmtl.bundle_config import read_model_config
     from medmtl.networks import get_network
 
-    root = Path(bundle or DEFAULT_LOCAL_BUNDLE)
+    root = local_bundle(bundle)
     model_path = root / LOCAL_MODEL
     cfg_path = model_path.parent / "model_config.json"
     if not model_path.is_file() or not cfg_path.is_file():
@@ -521,7 +528,7 @@ def run_local(
             "task": task,
             "mask": str(Path(mask).resolve()),
             "region_voxels": int(region.sum()),
-            "model": str(Path(bundle or DEFAULT_LOCAL_BUNDLE).resolve() / LOCAL_MODEL),
+            "model": str(local_bundle(bundle).resolve() / LOCAL_MODEL),
             "outputs": {k: p.name for k, p in out_paths.items()},
             "intensity": "the scan's own scale; synthesised voxels mapped from brain z-scores",
         }

@@ -190,3 +190,39 @@ def test_a_field_of_view_that_cuts_the_brain_is_flagged(capsys, any_subset_bundl
         stdout
     )
     assert _sidecar(tmp_path / "pred", case)["input_warnings"] == ["brain_touches_fov_edge"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the console
+
+
+@pytest.mark.parametrize(
+    ("argv", "verbose"),
+    [
+        (["--verbose", "infer", "c", "--out", "o"], True),
+        (["infer", "c", "--out", "o", "--verbose"], True),
+        (["infer", "--verbose", "c", "--out", "o"], True),
+        (["infer", "c", "--out", "o"], False),
+    ],
+)
+def test_verbose_is_read_anywhere_on_the_line(argv, verbose) -> None:
+    from medmtl.cli import build_parser
+
+    assert build_parser("infer").parse_args(argv).verbose is verbose
+
+
+def test_a_warning_is_one_line_and_the_logging_setup_is_not_announced(
+    capsys, tiny_bundle, phantom_cases, tmp_path
+) -> None:
+    case = phantom_cases["brats2023"]
+    loose = {}
+    for c in ("t1n", "t2w", "t2f"):  # file names that name no BraTS release: a warning
+        loose[c] = tmp_path / f"{c}_scan.nii.gz"
+        shutil.copy(next(case.glob(f"*-{c}.nii.gz")), loose[c])
+    args = [f"--{c}={p}" for c, p in loose.items()]
+    rc, stdout, err = infer(capsys, *args, "--bundle", tiny_bundle, "--out", tmp_path / "pred")
+    assert rc == 0, err
+    warned = [line for line in err.splitlines() if "name no BraTS release" in line]
+    assert len(warned) == 1 and warned[0].startswith("medmtl: warning: "), err
+    assert "UserWarning" not in err and "warnings.warn(" not in err
+    assert "Setting logging properties" not in stdout + err

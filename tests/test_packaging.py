@@ -112,3 +112,45 @@ def test_every_submodule_is_reachable_from_bundle_configs() -> None:
     names |= {p.parent.name for p in (REPO / "medmtl").glob("*/__init__.py")}
     missing = sorted(n for n in names if not hasattr(medmtl, n))
     assert not missing, f"medmtl.<name> fails for {missing}: add them to medmtl._SUBMODULES"
+
+
+def test_installed_package_inpaints_with_its_shipped_local_weights(
+    installed, phantom_cases, tmp_path
+) -> None:
+    """`medmtl inpaint` finds the shipped local-synthesis weights in an installed package, run elsewhere."""
+    import nibabel as nib
+    import numpy as np
+    from scipy import ndimage
+
+    case = phantom_cases["brats2023"]
+    t1n = nib.load(str(next(case.glob("*-t1n.nii.gz"))))
+    label = np.asanyarray(nib.load(str(next(case.glob("*-seg.nii.gz")))).dataobj) > 0
+    healthy = ndimage.binary_erosion(np.asanyarray(t1n.dataobj) != 0, iterations=2)
+    healthy &= ~ndimage.binary_dilation(label, iterations=3)
+    centre = np.argwhere(healthy)[len(np.argwhere(healthy)) // 2]
+    mask = np.zeros(healthy.shape, np.uint8)
+    mask[tuple(slice(max(0, i - 1), i + 2) for i in centre)] = 1
+    mask &= healthy.astype(np.uint8)
+    nib.save(nib.Nifti1Image(mask, t1n.affine), str(tmp_path / "mask.nii.gz"))
+    env = dict(os.environ, PYTHONPATH=str(installed), OMP_NUM_THREADS="1")
+    out = tmp_path / "inpainted"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medmtl.cli",
+            "inpaint",
+            str(case),
+            "--mask",
+            "mask.nii.gz",
+            "--out",
+            str(out),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    sidecar = json.loads((out / f"{case.name}_inpaint.json").read_text())
+    assert Path(sidecar["model"]).is_relative_to(installed), sidecar["model"]
