@@ -60,6 +60,14 @@ def installed(tmp_path_factory) -> Path:
     return target
 
 
+def run_installed(installed: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m medmtl.cli ARGS`` with only the installed package on the path, run in ``cwd``."""
+    env = dict(os.environ, PYTHONPATH=str(installed), OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "medmtl.cli", *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
+
+
 def test_installed_package_infers_with_its_own_bundle(installed, phantom_cases, tmp_path) -> None:
     env = dict(os.environ, PYTHONPATH=str(installed), OMP_NUM_THREADS="1")
     where = subprocess.run(
@@ -80,13 +88,7 @@ def test_installed_package_infers_with_its_own_bundle(installed, phantom_cases, 
     )
     case = phantom_cases["brats2023"]
     out = tmp_path / "pred"
-    run = subprocess.run(
-        [sys.executable, "-m", "medmtl.cli", "infer", str(case), "--out", str(out)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    run = run_installed(installed, tmp_path, "infer", str(case), "--out", str(out))
     assert run.returncode == 0, run.stderr[-2000:]
     sidecar = json.loads((out / f"{case.name}.json").read_text())
     assert sidecar["weights"] == "model.pt" and (out / f"{case.name}_seg.nii.gz").is_file()
@@ -132,25 +134,8 @@ def test_installed_package_inpaints_with_its_shipped_local_weights(
     mask[tuple(slice(max(0, i - 1), i + 2) for i in centre)] = 1
     mask &= healthy.astype(np.uint8)
     nib.save(nib.Nifti1Image(mask, t1n.affine), str(tmp_path / "mask.nii.gz"))
-    env = dict(os.environ, PYTHONPATH=str(installed), OMP_NUM_THREADS="1")
     out = tmp_path / "inpainted"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "medmtl.cli",
-            "inpaint",
-            str(case),
-            "--mask",
-            "mask.nii.gz",
-            "--out",
-            str(out),
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    run = run_installed(installed, tmp_path, "inpaint", str(case), "--mask", "mask.nii.gz", "--out", str(out))
     assert run.returncode == 0, run.stderr[-2000:]
     sidecar = json.loads((out / f"{case.name}_inpaint.json").read_text())
     assert Path(sidecar["model"]).is_relative_to(installed), sidecar["model"]
