@@ -187,14 +187,14 @@ def model_info(bundle_root: str | os.PathLike, model_path: str | os.PathLike) ->
     import monai
     import torch
 
-    import medmtl
+    from medmtl._version import __version__
 
     meta = read_metadata(bundle_root)
     return {
         "model": meta.get("name", "medmtl"),
         "model_version": meta.get("version"),
         "weights": Path(model_path).name,
-        "medmtl_version": medmtl.__version__,
+        "medmtl_version": __version__,
         "monai_version": monai.__version__,
         "torch_version": torch.__version__,
     }

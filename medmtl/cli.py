@@ -73,7 +73,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     Returns:
         The top-level parser; ``args.func`` is the chosen stage's ``cli_main``.
     """
-    from medmtl import __version__
+    from medmtl._version import __version__
 
     parser = _Parser(
         prog="medmtl",

@@ -112,9 +112,9 @@ def run_demo(
 
     import torch
 
-    import medmtl
     from data_prep.datalist import prepare
     from data_prep.phantoms import write_phantoms
+    from medmtl._version import __version__
     from medmtl.bundle_config import DEFAULT_BUNDLE
     from medmtl.evaluation import evaluate
     from medmtl.training import train
@@ -126,7 +126,7 @@ def run_demo(
         "epochs": epochs,
         "seed": seed,
         "stage": stage,
-        "version": medmtl.__version__,
+        "version": __version__,
     }
     prepare_demo_folder(out, request, fresh)
     stamp = out / DEMO_STAMP

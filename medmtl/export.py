@@ -208,7 +208,7 @@ def _check(
 
 
 def _export_info(net: MultiTaskUNet, fmt: str, outputs: Sequence[str]) -> dict[str, Any]:
-    import medmtl
+    from medmtl._version import __version__
 
     return {
         "format": fmt,
@@ -219,7 +219,7 @@ def _export_info(net: MultiTaskUNet, fmt: str, outputs: Sequence[str]) -> dict[s
         "synth_channels": net.synth_channels,
         "spatial_dims": net.spatial_dims,
         "size_divisor": net.divisor,
-        "medmtl_version": medmtl.__version__,
+        "medmtl_version": __version__,
         "torch_version": torch.__version__,
     }
 

@@ -1,4 +1,7 @@
-"""File output that is written whole or not at all."""
+"""Files medmtl reads and writes: NIfTI names, the names of medmtl's outputs, and writing whole or not at all.
+
+A leaf module (no other medmtl import), so the data-preparation stage can use it.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +9,115 @@ import errno
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
+
+#: File name endings of NIfTI volumes, longest first.
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
+#: The endings of inference outputs: ``<case>_seg``, ``<case>_<contrast>_synth``, ``<case>_prob``.
+SEG_OUTPUT, SYNTH_OUTPUT, PROB_OUTPUT = "seg", "synth", "prob"
+#: The key of an output sidecar that lists the files written with it (``{kind: file name}``).
+SIDECAR_OUTPUTS = "outputs"
+
+
+def strip_nifti_suffix(name: str) -> str | None:
+    """File name without its NIfTI extension (any case), or None when it is not a NIfTI file."""
+    low = name.lower()
+    for suffix in NIFTI_SUFFIXES:
+        if low.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def output_paths(
+    out_dir: str | os.PathLike, case_id: str, synthesised: Sequence[str] = ()
+) -> dict[str, Path]:
+    """The files inference writes for one case (the one place their names are made).
+
+    Args:
+        out_dir: output folder.
+        case_id: case identifier.
+        synthesised: the synthesised contrasts written (canonical names).
+
+    Returns:
+        ``{"seg": <case>_seg.nii.gz, "<contrast>": <case>_<contrast>_synth.nii.gz, ...,
+        "sidecar": <case>.json}``; the sidecar is written last and marks a finished case.
+    """
+    out = Path(out_dir)
+    paths = {"seg": out / f"{case_id}_{SEG_OUTPUT}.nii.gz"}
+    for c in synthesised:
+        paths[c] = out / f"{case_id}_{c}_{SYNTH_OUTPUT}.nii.gz"
+    paths["sidecar"] = out / f"{case_id}.json"
+    return paths
+
+
+def probability_path(out_dir: str | os.PathLike, case_id: str) -> Path:
+    """The region probabilities of a case (``--probabilities``): ``<case>_prob.nii.gz``."""
+    return Path(out_dir) / f"{case_id}_{PROB_OUTPUT}.nii.gz"
+
+
+def medmtl_outputs(folder: str | os.PathLike) -> set[str]:
+    """Names of the files in ``folder`` that medmtl wrote, as its sidecars record them.
+
+    A sidecar is a JSON object with a ``medmtl_version`` or an :data:`SIDECAR_OUTPUTS` list beside the
+    outputs; the files it lists (or, for older sidecars, the inference output names of its case) are
+    medmtl's: case discovery skips them, and only they may be replaced with ``--overwrite``.
+
+    Args:
+        folder: a folder.
+
+    Returns:
+        File names (not paths), the sidecars included.
+    """
+    names: set[str] = set()
+    root = Path(folder)
+    if not root.is_dir():
+        return names
+    for side in root.glob("*.json"):
+        try:
+            if side.stat().st_size > 1_000_000:
+                continue
+            doc = json.loads(side.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue
+        if not isinstance(doc, dict) or not ("medmtl_version" in doc or SIDECAR_OUTPUTS in doc):
+            continue
+        names.add(side.name)
+        listed = doc.get(SIDECAR_OUTPUTS)
+        if isinstance(listed, dict):
+            names |= {str(v) for v in listed.values()}
+        else:
+            case_id = side.name[: -len(".json")]
+            names |= {p.name for p in output_paths(root, case_id, doc.get("synthesised") or []).values()}
+            names.add(probability_path(root, case_id).name)
+    return names
+
+
+#: The start of the NIfTI header description of every image medmtl writes (``descrip``).
+DESCRIP_PREFIX = "medmtl"
+
+
+def written_by_medmtl(path: str | os.PathLike) -> bool:
+    """Whether a NIfTI file says in its header that medmtl wrote it (a :data:`DESCRIP_PREFIX` description).
+
+    Outputs renamed into place before their sidecar (an interrupted run) are known by this mark.
+    """
+    try:
+        descrip = nib.load(str(path)).header.get("descrip")
+    except Exception:  # noqa: BLE001 - an unreadable file is not one medmtl can vouch for
+        return False
+    text = (
+        bytes(np.asarray(descrip).tobytes()).split(b"\0", 1)[0].decode("latin-1")
+        if descrip is not None
+        else ""
+    )
+    return text.startswith(DESCRIP_PREFIX + " ")
+
 
 #: errno of a failed write -> what happened and what the user can do about it
 _WRITE_ADVICE: dict[int, str] = {

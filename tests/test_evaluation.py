@@ -131,7 +131,7 @@ def test_evaluate_end_to_end(tmp_path, dataset):
 
     report = (out / "report.md").read_text()
     assert "| WT | 0.833" in report
-    assert "| t1c | brain | 1.000" in report
+    assert "| t1c (synthesised: not an input) | brain | 1.000" in report
     assert "`caseB`" in report
     assert "373.13 mm (the diagonal" in report  # the empty-mask HD95 is explained where it is shown
     for name in ("summary.png", "caseA.png"):

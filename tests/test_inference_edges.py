@@ -226,3 +226,44 @@ def test_a_warning_is_one_line_and_the_logging_setup_is_not_announced(
     assert len(warned) == 1 and warned[0].startswith("medmtl: warning: "), err
     assert "UserWarning" not in err and "warnings.warn(" not in err
     assert "Setting logging properties" not in stdout + err
+
+
+# ---------------------------------------------------------------------------------------------
+# discovery
+
+
+def test_outputs_written_into_the_case_folder_leave_it_usable(capsys, tiny_bundle, phantom_cases, tmp_path):
+    case = Path(shutil.copytree(phantom_cases["brats2023"], tmp_path / "BraTS-PHA-00000-000"))
+    rc, stdout, err = infer(capsys, case, "--bundle", tiny_bundle, "--out", case)
+    assert rc == 0, err
+    assert f"case {case.name}: {case}" in stdout  # where the case was found
+    rc, stdout, err = infer(capsys, case, "--bundle", tiny_bundle, "--out", case)
+    assert rc == 0 and "0 case(s) to run" in stdout, err
+    rc, stdout, err = infer(capsys, case, "--bundle", tiny_bundle, "--out", case, "--overwrite")
+    assert rc == 0 and "1 case(s) to run" in stdout, err
+
+
+def test_a_file_medmtl_did_not_write_is_never_replaced(capsys, tiny_bundle, phantom_cases, tmp_path):
+    # BraTS 2018-21 names its label map <case>_seg.nii.gz: the name of medmtl's segmentation output.
+    case = Path(shutil.copytree(phantom_cases["brats2021"], tmp_path / phantom_cases["brats2021"].name))
+    label = case / f"{case.name}_seg.nii.gz"
+    before = label.read_bytes()
+    for extra in ([], ["--overwrite"]):
+        rc, _, err = infer(capsys, case, "--bundle", tiny_bundle, "--out", case, *extra)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert rc == 2 and len(lines) == 1 and "medmtl did not write it" in lines[0], err
+        assert str(label) in lines[0]
+    assert label.read_bytes() == before
+
+
+def test_bids_case_folder_is_one_case(capsys, tiny_bundle, phantom_cases, tmp_path):
+    src = phantom_cases["brats2023"]
+    bids = {"t1n": "T1w", "t1c": "ce-gadolinium_T1w", "t2w": "T2w", "t2f": "FLAIR"}
+    anat = tmp_path / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    for c, token in bids.items():
+        shutil.copy(next(src.glob(f"*-{c}.nii.gz")), anat / f"sub-01_{token}.nii.gz")
+    rc, stdout, err = infer(capsys, anat, "--bundle", tiny_bundle, "--out", tmp_path / "pred")
+    assert rc == 0, err
+    side = json.loads((tmp_path / "pred" / "sub-01.json").read_text())
+    assert side["source"].endswith("sub-01_T1w.nii.gz")  # native T1 is t1n, not the post-contrast image

@@ -18,7 +18,7 @@ from medmtl.contrasts import CONTRASTS, canonical
 from medmtl.datalist import datalist_root
 from medmtl.engine_logs import quiet_inference_logs
 from medmtl.inference.cases import case_entry, check_cases, datalist_cases, shard
-from medmtl.inference.outputs import check_output_dir, existing_outputs, pending_cases
+from medmtl.inference.outputs import check_output_dir, check_replaceable, existing_outputs, pending_cases
 
 
 def check_device(name: str, option: str = "--device") -> str:
@@ -203,13 +203,7 @@ def cli_main(args: argparse.Namespace) -> int:
     # is checked.
     entries = pending_cases(shard(entries), out, targets, args.overwrite, restorations, inputs)
     check_cases(entries, inputs, bool(model["input_mask"]))
-    if not args.overwrite:
-        existing = existing_outputs(entries, out, targets, restorations, inputs)
-        if existing:
-            raise FileExistsError(
-                f"{len(existing)} output file(s) of unfinished cases exist, e.g. {existing[0]}; "
-                "use --overwrite to replace them"
-            )
+    check_replaceable(existing_outputs(entries, out, targets, restorations, inputs), out, args.overwrite)
     quiet = nullcontext() if getattr(args, "verbose", False) else quiet_inference_logs()
     try:
         with quiet:

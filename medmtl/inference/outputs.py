@@ -17,7 +17,16 @@ from medmtl.contrasts import canonical
 from medmtl.inference.input_checks import input_findings
 from medmtl.inference.postprocessing import region_thresholds, remove_small_components, small_et_to_netc
 from medmtl.intensity import check_landmarks, standardise_synth
-from medmtl.io import write_nifti_group
+from medmtl.io import (
+    DESCRIP_PREFIX,
+    SIDECAR_OUTPUTS,
+    medmtl_outputs,
+    output_paths,
+    probability_path,
+    strip_nifti_suffix,
+    write_nifti_group,
+    written_by_medmtl,
+)
 from medmtl.labels import OUTPUT_CONVENTIONS, REGIONS, regions_to_label
 from medmtl.transforms import SOURCE_MASK_KEY
 
@@ -28,26 +37,6 @@ INTENSITY_NOTE_STANDARDISED = (
     "training cases' percentile landmarks of each contrast (Nyul et al. 2000); 0 outside"
 )
 logger = logging.getLogger("medmtl.inference")
-
-
-def output_paths(out_dir: str | os.PathLike, case_id: str, targets: Sequence[str]) -> dict[str, Path]:
-    """The files inference writes for one case.
-
-    Args:
-        out_dir: output folder.
-        case_id: case identifier.
-        targets: synthesised contrasts.
-
-    Returns:
-        ``{"seg": ..., "<contrast>": ..., "sidecar": ...}``; the sidecar is written last and marks a
-        finished case.
-    """
-    out = Path(out_dir)
-    paths = {"seg": out / f"{case_id}_seg.nii.gz"}
-    for c in targets:
-        paths[c] = out / f"{case_id}_{canonical(c)}_synth.nii.gz"
-    paths["sidecar"] = out / f"{case_id}.json"
-    return paths
 
 
 def written_contrasts(
@@ -170,6 +159,37 @@ def existing_outputs(
         for p in entry_output_paths(e, out_dir, targets, restorations, inputs).values()
         if p.exists()
     ]
+
+
+def check_replaceable(existing: Sequence[str], out_dir: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse to replace existing files, unless medmtl wrote them and ``overwrite`` is asked for.
+
+    A file is medmtl's when a medmtl sidecar in ``out_dir`` lists it (:func:`medmtl.io.medmtl_outputs`)
+    or its NIfTI header says so (:func:`medmtl.io.written_by_medmtl`); anything else (a case's own
+    label map, another tool's output) is never replaced.
+
+    Args:
+        existing: output paths that exist already.
+        out_dir: the output folder.
+        overwrite: whether the user asked to redo finished cases.
+
+    Raises:
+        FileExistsError: naming the first file in the way and what to do.
+    """
+    if not existing:
+        return
+    own = medmtl_outputs(out_dir)
+    foreign = [p for p in existing if Path(p).name not in own and not written_by_medmtl(p)]
+    if foreign:
+        raise FileExistsError(
+            f"{foreign[0]} exists and medmtl did not write it (no medmtl sidecar lists it); medmtl never "
+            "replaces such files: choose another --out"
+        )
+    if not overwrite:
+        raise FileExistsError(
+            f"{len(existing)} output file(s) of unfinished cases exist, e.g. {existing[0]}; "
+            "use --overwrite to replace them"
+        )
 
 
 def check_output_dir(out_dir: str | os.PathLike) -> Path:
@@ -326,9 +346,7 @@ class WriteCaseOutputsd(MapTransform):
     def _case_id(self, d: Mapping[Hashable, Any], source: str) -> str:
         if d.get("case_id"):
             return str(d["case_id"])
-        name = Path(source).name
-        for ext in (".nii.gz", ".nii"):
-            name = name.removesuffix(ext)
+        name = strip_nifti_suffix(Path(source).name) or Path(source).name
         return name.rsplit("_", 1)[0] if "_" in name else name.rsplit("-", 1)[0]
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -340,12 +358,7 @@ class WriteCaseOutputsd(MapTransform):
         acquired = [c for c, a in zip(self.inputs, mask) if a]
         written = written_contrasts(self.targets, acquired, self.restorations) if "synth" in d else []
         paths = output_paths(self.out_dir, case_id, written)
-        if not self.overwrite:
-            existing = [str(p) for p in paths.values() if p.exists()]
-            if existing:
-                raise FileExistsError(
-                    f"outputs exist for case {case_id}: {existing}; use overwrite to replace"
-                )
+        check_replaceable([str(p) for p in paths.values() if p.exists()], self.out_dir, self.overwrite)
         conv = self.output_convention or d.get("convention") or self.default_convention
         conv = conv if conv in OUTPUT_CONVENTIONS else "brats2023"
         shape = tuple(ref.shape[:3])
@@ -372,7 +385,7 @@ class WriteCaseOutputsd(MapTransform):
         for c in written:
             arrays[c] = (synth[c], np.float32)
         if self.write_probabilities:
-            paths["prob"] = self.out_dir / f"{case_id}_prob.nii.gz"
+            paths["prob"] = probability_path(self.out_dir, case_id)
             arrays["prob"] = (np.moveaxis(prob, 0, -1), np.float32)
 
         if d.get("unusable"):
@@ -400,6 +413,7 @@ class WriteCaseOutputsd(MapTransform):
             "synthesised": written,
             "restorations": [c for c in written if c in acquired],
             **findings,
+            SIDECAR_OUTPUTS: {k: v.name for k, v in paths.items() if k != "sidecar"},
             "intensity_space": INTENSITY_SPACE,
             "intensity_note": INTENSITY_NOTE_STANDARDISED if self.synth_landmarks else INTENSITY_NOTE,
             "shape": list(shape),
@@ -414,7 +428,11 @@ class WriteCaseOutputsd(MapTransform):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         files = {}
         for name, (arr, dtype) in arrays.items():
-            descrip = None if name in ("seg", "prob") else f"medmtl synth {name} {INTENSITY_SPACE}"
+            descrip = (
+                f"{DESCRIP_PREFIX} {name}"
+                if name in ("seg", "prob")
+                else (f"{DESCRIP_PREFIX} synth {name} {INTENSITY_SPACE}")
+            )
             files[paths[name]] = (arr, dtype, descrip)
         write_nifti_group(files, ref, paths["sidecar"], sidecar)
 
