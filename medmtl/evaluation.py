@@ -24,7 +24,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from medmtl import report
+import medmtl.report as report
 from medmtl.challenge_metrics import (
     HD95_PENALTY,
     LESIONWISE_METRICS,

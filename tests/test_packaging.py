@@ -139,3 +139,37 @@ def test_installed_package_inpaints_with_its_shipped_local_weights(
     assert run.returncode == 0, run.stderr[-2000:]
     sidecar = json.loads((out / f"{case.name}_inpaint.json").read_text())
     assert Path(sidecar["model"]).is_relative_to(installed), sidecar["model"]
+
+
+def _imports(path: Path) -> list[str]:
+    """Modules a source file imports (``medmtl:NAME`` for ``from medmtl import NAME``)."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found += [f"medmtl:{a.name}" for a in node.names] if node.module == "medmtl" else [node.module]
+    return found
+
+
+def test_dependencies_run_one_way() -> None:
+    """No library module imports the CLI or the package's face; inference does not import export;
+    data_prep uses only medmtl's leaf tables."""
+    leaf_tables = {"medmtl.contrasts", "medmtl.labels", "medmtl.io"}
+    wrong = []
+    for path in sorted((REPO / "medmtl").rglob("*.py")) + sorted((REPO / "data_prep").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        if rel in ("medmtl/__init__.py", "medmtl/cli.py") or rel.startswith("medmtl/commands/"):
+            continue
+        for mod in _imports(path):
+            if mod == "medmtl" or mod.startswith("medmtl:"):
+                wrong.append(f"{rel}: the package's __init__ ({mod})")
+            elif mod == "medmtl.cli" or mod.startswith("medmtl.commands"):
+                wrong.append(f"{rel}: the command line ({mod})")
+            elif rel.startswith("medmtl/inference/") and mod.startswith("medmtl.export"):
+                wrong.append(f"{rel}: export (export builds on inference)")
+            elif rel.startswith("data_prep/") and mod.startswith("medmtl") and mod not in leaf_tables:
+                wrong.append(f"{rel}: {mod} (data_prep uses only {sorted(leaf_tables)})")
+    assert not wrong, wrong

@@ -126,7 +126,7 @@ def bundle_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Config overrides from CLI arguments (shared by ``medmtl infer`` and the demo)."""
     ov: dict[str, Any] = {"output_dir": str(Path(args.out).resolve())}
     if getattr(args, "exported", None):
-        from medmtl.export import inference_overrides
+        from medmtl.inference.exported import inference_overrides
 
         if not Path(args.exported).is_file():
             raise FileNotFoundError(f"exported model {args.exported} does not exist")
