@@ -33,7 +33,15 @@ from medmtl.challenge_metrics import (
 )
 from medmtl.contrasts import CONTRASTS, canonical, canonical_list
 from medmtl.datalist import load_datalist
-from medmtl.io import SEG_OUTPUT, SYNTH_OUTPUT, atomic_path, output_paths, write_json
+from medmtl.io import (
+    AFFINE_ATOL_MM,
+    SEG_OUTPUT,
+    SYNTH_OUTPUT,
+    atomic_path,
+    grid_mismatch,
+    output_paths,
+    write_json,
+)
 from medmtl.labels import REGIONS, allowed_values, check_convention, detect_convention
 from medmtl.metrics import (
     BRATS_MAX_HD95,
@@ -48,7 +56,7 @@ from medmtl.metrics import (
 )
 
 #: Largest affine difference (mm) tolerated between a prediction's grid and its reference's.
-AFFINE_TOLERANCE: float = 1e-3
+AFFINE_TOLERANCE: float = AFFINE_ATOL_MM
 
 #: What each segmentation column measures, written to summary.json and report.md: voxel-wise scores
 #: (BraTS 2018-2021 tables) and lesion-wise scores (BraTS 2023+ leaderboards) are not comparable.
@@ -86,17 +94,11 @@ def _load(path: str | os.PathLike, what: str) -> nib.Nifti1Image:
 
 
 def _check_grid(img: nib.Nifti1Image, path: Path, ref: nib.Nifti1Image, ref_path: Path) -> None:
-    shape, ref_shape = tuple(img.shape[:3]), tuple(ref.shape[:3])
-    if shape != ref_shape:
+    mismatch = grid_mismatch(img.shape, img.affine, ref.shape, ref.affine, AFFINE_TOLERANCE)
+    if mismatch:
         raise ValueError(
-            f"{path}: grid differs from the reference {ref_path}: shape {shape}, expected {ref_shape}"
-        )
-    diff = float(np.abs(img.affine - ref.affine).max())
-    if diff > AFFINE_TOLERANCE:
-        raise ValueError(
-            f"{path}: grid differs from the reference {ref_path}: affine differs by up to {diff:.4g} "
-            f"(tolerance {AFFINE_TOLERANCE})\nfound:\n{np.round(img.affine, 4)}\n"
-            f"expected:\n{np.round(ref.affine, 4)}"
+            f"{path}: grid differs from the reference {ref_path}: {mismatch}\nfound:\n"
+            f"{np.round(img.affine, 4)}\nexpected:\n{np.round(ref.affine, 4)}"
         )
 
 

@@ -98,6 +98,41 @@ def medmtl_outputs(folder: str | os.PathLike) -> set[str]:
     return names
 
 
+#: Largest difference (mm) between two affines that still describe the same grid (the one tolerance of
+#: every grid check: a case's files, a prediction against its reference, a mask against its case).
+#: Real BraTS files differ by -0.0 vs 0.0 and float noise between the contrasts of one case.
+AFFINE_ATOL_MM = 1e-3
+
+
+def grid_mismatch(
+    shape: Sequence[int],
+    affine: np.ndarray,
+    ref_shape: Sequence[int],
+    ref_affine: np.ndarray,
+    atol: float = AFFINE_ATOL_MM,
+) -> str | None:
+    """How a grid differs from a reference grid, or None when they are the same (within ``atol`` mm).
+
+    Args:
+        shape: spatial shape of the image checked.
+        affine: its voxel-to-world matrix.
+        ref_shape: spatial shape of the reference.
+        ref_affine: the reference's matrix.
+        atol: tolerance on each affine entry.
+
+    Returns:
+        ``"shape (a, b, c) differs from (x, y, z)"`` or ``"affine differs by up to D mm (tolerance T mm)"``;
+        None when the grids match.
+    """
+    shape, ref_shape = tuple(int(s) for s in shape[:3]), tuple(int(s) for s in ref_shape[:3])
+    if shape != ref_shape:
+        return f"shape {shape} differs from {ref_shape}"
+    diff = float(np.abs(np.asarray(affine, float) - np.asarray(ref_affine, float)).max())
+    if diff > atol:
+        return f"affine differs by up to {diff:.4g} mm (tolerance {atol:g} mm)"
+    return None
+
+
 #: The start of the NIfTI header description of every image medmtl writes (``descrip``).
 DESCRIP_PREFIX = "medmtl"
 
@@ -228,35 +263,61 @@ def write_nifti(
     description: str | None = None,
     overwrite: bool = True,
 ) -> Path:
-    """Write a NIfTI file atomically with an explicit affine (qform and sform both set).
+    """Write a NIfTI file atomically with an explicit affine (see :func:`nifti_image`).
 
     Args:
         path: output ``.nii.gz`` path.
         array: voxel data in the grid that ``affine`` describes.
         affine: 4x4 voxel-to-world matrix.
         dtype: on-disk data type (defaults to the array's).
-        header: a header to copy (e.g. the source scan's), updated for shape and dtype.
+        header: a header to follow (e.g. the source scan's): its qform/sform codes and units.
         description: text for the header's ``descrip`` field (max 80 chars).
         overwrite: replace an existing file.
 
     Returns:
         The path written.
     """
-    arr = np.asarray(array)
-    if dtype is not None:
-        arr = arr.astype(dtype)
-    hdr = header.copy() if header is not None else None
-    img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64), header=hdr)
-    img.set_data_dtype(arr.dtype)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    if description:
-        img.header["descrip"] = description[:79].encode()
-    if hdr is not None:
-        img.header["scl_slope"], img.header["scl_inter"] = np.nan, np.nan
+    img = nifti_image(array, affine, dtype, header, description)
     with atomic_path(path, overwrite=overwrite) as tmp:
         nib.save(img, str(tmp))
     return Path(path)
+
+
+def nifti_image(
+    array: np.ndarray,
+    affine: np.ndarray,
+    dtype: Any = None,
+    header: nib.Nifti1Header | None = None,
+    description: str | None = None,
+) -> nib.Nifti1Image:
+    """The one way medmtl makes a NIfTI image to write: explicit affine, qform and sform both set.
+
+    Args:
+        array: voxel data in the grid that ``affine`` describes.
+        affine: 4x4 voxel-to-world matrix.
+        dtype: on-disk data type (defaults to the array's).
+        header: a header to follow (e.g. the source scan's): its qform/sform codes (1, scanner, when
+            it has none) and spatial/temporal units; its scaling is reset.
+        description: text for the header's ``descrip`` field (max 79 characters).
+
+    Returns:
+        The image (not written).
+    """
+    arr = np.asarray(array)
+    if dtype is not None:
+        arr = arr.astype(dtype)
+    aff = np.asarray(affine, dtype=np.float64)
+    img = nib.Nifti1Image(arr, aff)
+    img.set_data_dtype(arr.dtype)
+    qcode = int(header["qform_code"]) if header is not None else 0
+    scode = int(header["sform_code"]) if header is not None else 0
+    img.set_qform(aff, code=qcode or 1)
+    img.set_sform(aff, code=scode or 1)
+    if header is not None:
+        img.header.set_xyzt_units(*header.get_xyzt_units())
+    if description:
+        img.header["descrip"] = description.encode()[:79]
+    return img
 
 
 def write_nifti_group(
@@ -297,13 +358,7 @@ def write_nifti_group(
             fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".nii.gz", dir=final.parent)
             os.close(fd)
             tmps.append((Path(tmp), final))
-            img = nib.Nifti1Image(np.asarray(arr).astype(dtype), reference.affine)
-            img.header.set_qform(reference.affine, code=int(reference.header["qform_code"]) or 1)
-            img.header.set_sform(reference.affine, code=int(reference.header["sform_code"]) or 1)
-            img.header.set_xyzt_units(*reference.header.get_xyzt_units())
-            if descrip:
-                img.header["descrip"] = descrip.encode()[:79]
-            nib.save(img, tmp)
+            nib.save(nifti_image(arr, reference.affine, dtype, reference.header, descrip), tmp)
             os.chmod(tmp, 0o666 & ~umask)
         current = Path(sidecar_path)
         with atomic_path(sidecar_path, overwrite=True) as tmp_json:

@@ -45,6 +45,7 @@ from monai.transforms import (
 from scipy import ndimage
 
 from medmtl.contrasts import CONTRASTS
+from medmtl.io import grid_mismatch
 from medmtl.labels import REGIONS, detect_convention, label_to_regions
 
 __all__ = [
@@ -364,10 +365,10 @@ def _check_mask(path: str | os.PathLike, ref: nib.Nifti1Image, what: str) -> np.
     except Exception as err:  # noqa: BLE001 (any reader failure is a bad file for the user)
         raise ValueError(f"{what} {p}: not a readable NIfTI image ({err})") from err
     arr = arr.reshape(arr.shape[:3]) if arr.ndim == 4 and arr.shape[3] == 1 else arr
-    if arr.shape != ref.shape[:3] or not np.allclose(img.affine, ref.affine, atol=1e-3):
+    mismatch = grid_mismatch(arr.shape, img.affine, ref.shape, ref.affine)
+    if mismatch:
         raise ValueError(
-            f"{what} {p}: grid {arr.shape} differs from the case's {tuple(ref.shape[:3])} (shape and affine "
-            "must match the scans)"
+            f"{what} {p}: grid differs from the case's ({mismatch}; shape and affine must match the scans)"
         )
     if not np.isfinite(arr).all():
         raise ValueError(f"{what} {p}: holds NaN or infinite values")

@@ -197,7 +197,7 @@ def test_grid_mismatch_names_the_file(tmp_path, dataset):
     pred2 = tmp_path / "pred2"
     _predict_case_a(pred2, seg_shape=(20, 20, 15))
     with pytest.raises(
-        ValueError, match=r"caseA_seg\.nii\.gz.*shape \(20, 20, 15\), expected \(20, 20, 16\)"
+        ValueError, match=r"caseA_seg\.nii\.gz.*shape \(20, 20, 15\) differs from \(20, 20, 16\)"
     ):
         evaluate(pred2, datalist, dataset_dir=root)
 
