@@ -27,7 +27,7 @@ from medmtl.io import (
     write_nifti_group,
     written_by_medmtl,
 )
-from medmtl.labels import OUTPUT_CONVENTIONS, REGIONS, regions_to_label
+from medmtl.labels import REGIONS, regions_to_label, writable_convention
 from medmtl.transforms import SOURCE_MASK_KEY
 
 INTENSITY_SPACE = "zscore_nonzero"
@@ -359,8 +359,7 @@ class WriteCaseOutputsd(MapTransform):
         written = written_contrasts(self.targets, acquired, self.restorations) if "synth" in d else []
         paths = output_paths(self.out_dir, case_id, written)
         check_replaceable([str(p) for p in paths.values() if p.exists()], self.out_dir, self.overwrite)
-        conv = self.output_convention or d.get("convention") or self.default_convention
-        conv = conv if conv in OUTPUT_CONVENTIONS else "brats2023"
+        conv = writable_convention(self.output_convention or d.get("convention") or self.default_convention)
         shape = tuple(ref.shape[:3])
         if tuple(d["seg"].shape[1:]) != shape:
             raise ValueError(
