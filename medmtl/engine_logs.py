@@ -57,6 +57,13 @@ def quiet_run_summary() -> None:
     quiet_logging_setup()
 
 
+class _PlainFormatter(logging.Formatter):
+    """``medmtl: warning: MESSAGE``: one line, no time stamp or logger name."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"medmtl: {record.levelname.lower()}: {' '.join(record.getMessage().split())}"
+
+
 #: the logger of MONAI's ``StatsHandler`` (the inference config's handler logs a failure's traceback there)
 STATS_LOGGER = "monai.handlers.StatsHandler"
 
@@ -96,9 +103,20 @@ def quiet_inference_logs() -> Iterator[None]:
     reporters = [evaluator, logging.getLogger(STATS_LOGGER)]
     for log in reporters:
         log.addFilter(failure)
+    # medmtl's own warnings (a constant contrast, a scan outside what the model knows) as one plain
+    # line on stderr, like the command's errors, not in the engine's timestamped log format.
+    own = logging.getLogger("medmtl")
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(_PlainFormatter())
+    propagate = own.propagate
+    own.addHandler(handler)
+    own.propagate = False
     try:
         yield
     finally:
         evaluator.setLevel(level)
         for log in reporters:
             log.removeFilter(failure)
+        own.removeHandler(handler)
+        own.propagate = propagate

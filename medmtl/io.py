@@ -133,25 +133,29 @@ def grid_mismatch(
     return None
 
 
-#: The start of the NIfTI header description of every image medmtl writes (``descrip``).
-DESCRIP_PREFIX = "medmtl"
+#: How the NIfTI header (``descrip``) of an inference output begins: ``medmtl output <kind> ...``.
+OUTPUT_DESCRIP = "medmtl output"
+
+
+def output_description(kind: str, detail: str = "") -> str:
+    """The header description of an inference output (``kind``: ``seg``, ``prob`` or a contrast)."""
+    return f"{OUTPUT_DESCRIP} {kind} {detail}".strip()
 
 
 def written_by_medmtl(path: str | os.PathLike) -> bool:
-    """Whether a NIfTI file says in its header that medmtl wrote it (a :data:`DESCRIP_PREFIX` description).
+    """Whether a NIfTI file says in its header that it is a medmtl output (:func:`output_description`).
 
-    Outputs renamed into place before their sidecar (an interrupted run) are known by this mark.
+    Outputs renamed into place before their sidecar (an interrupted run) are known by this mark;
+    medmtl's inputs (phantoms) are not outputs and carry another description.
     """
     try:
         descrip = nib.load(str(path)).header.get("descrip")
     except Exception:  # noqa: BLE001 - an unreadable file is not one medmtl can vouch for
         return False
-    text = (
-        bytes(np.asarray(descrip).tobytes()).split(b"\0", 1)[0].decode("latin-1")
-        if descrip is not None
-        else ""
-    )
-    return text.startswith(DESCRIP_PREFIX + " ")
+    if descrip is None:
+        return False
+    text = bytes(np.asarray(descrip).tobytes()).split(b"\0", 1)[0].decode("latin-1")
+    return text.startswith(OUTPUT_DESCRIP + " ")
 
 
 #: errno of a failed write -> what happened and what the user can do about it

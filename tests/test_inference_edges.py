@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -73,7 +74,7 @@ def test_a_failed_write_is_one_line_naming_the_file_and_leaves_nothing(
     monkeypatch.setattr(nib, "save", refuse)
     case, out = phantom_cases["brats2023"], tmp_path / "pred"
     rc, stdout, err = infer(capsys, case, "--bundle", tiny_bundle, "--out", out)
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("medmtl: warning:")]
     assert rc == 1 and len(lines) == 1, err
     assert lines[0].startswith("medmtl infer: error: cannot write ") and fragment in lines[0], lines[0]
     assert f"{out.resolve()}/{case.name}_seg.nii.gz" in lines[0] and "output folder" in lines[0]
@@ -96,7 +97,7 @@ def test_ctrl_c_is_one_line_and_leaves_no_partial_file(
     monkeypatch.setattr(nib, "save", interrupted)
     out = tmp_path / "pred"
     rc, stdout, err = infer(capsys, phantom_cases["brats2023"], "--bundle", tiny_bundle, "--out", out)
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("medmtl: warning:")]
     assert rc == 130 and len(lines) == 1 and "interrupted" in lines[0] and "again" in lines[0], err
     assert "Traceback" not in stdout + err
     assert files_in(out) == []
@@ -155,6 +156,7 @@ def test_a_case_without_t1c_says_et_and_tc_are_estimates(capsys, any_subset_bund
     assert rc == 0, err
     warned = [line for line in (stdout + err).splitlines() if "no t1c" in line]
     assert len(warned) == 1 and "TC and ET are estimates" in warned[0], stdout + err
+    assert warned[0].startswith("medmtl: warning: case ") and warned[0] in err
     side = _sidecar(tmp_path / "pred", case)
     assert side["input_warnings"] == ["no_t1c"]
     assert side["region_confidence"]["WT"] == "as validated"
@@ -220,7 +222,9 @@ def test_a_warning_is_one_line_and_the_logging_setup_is_not_announced(
         loose[c] = tmp_path / f"{c}_scan.nii.gz"
         shutil.copy(next(case.glob(f"*-{c}.nii.gz")), loose[c])
     args = [f"--{c}={p}" for c, p in loose.items()]
-    rc, stdout, err = infer(capsys, *args, "--bundle", tiny_bundle, "--out", tmp_path / "pred")
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", UserWarning)  # as a user's Python shows it (pytest -W may hide it)
+        rc, stdout, err = infer(capsys, *args, "--bundle", tiny_bundle, "--out", tmp_path / "pred")
     assert rc == 0, err
     warned = [line for line in err.splitlines() if "name no BraTS release" in line]
     assert len(warned) == 1 and warned[0].startswith("medmtl: warning: "), err

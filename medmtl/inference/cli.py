@@ -106,20 +106,17 @@ def user_error(err: BaseException) -> BaseException | None:
 
 
 def found_in(entry: dict[str, Any]) -> str:
-    """Where a case was found, for the console: its folder, layout and contrasts.
+    """Where a case was found, for the console: its folder(s) and the contrasts found there.
 
     Args:
         entry: an entry of :func:`medmtl.inference.cases.case_entry`.
 
     Returns:
-        e.g. ``/data/case1 (brats2023 layout; t1n, t2w, t2f)``.
+        e.g. ``/data/case1 (t1n, t2w, t2f)``.
     """
     files = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
     folders = sorted({str(Path(f).parent) for f in files})
-    where = folders[0] if len(folders) == 1 else ", ".join(folders)
-    layout = entry.get("layout")
-    what = f"{layout} layout; " if layout else ""
-    return f"{where} ({what}{', '.join(entry.get('contrasts') or [])})"
+    return f"{', '.join(folders)} ({', '.join(entry.get('contrasts') or [])})"
 
 
 def bundle_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -18,9 +18,9 @@ from medmtl.inference.input_checks import input_findings
 from medmtl.inference.postprocessing import region_thresholds, remove_small_components, small_et_to_netc
 from medmtl.intensity import check_landmarks, standardise_synth
 from medmtl.io import (
-    DESCRIP_PREFIX,
     SIDECAR_OUTPUTS,
     medmtl_outputs,
+    output_description,
     output_paths,
     probability_path,
     strip_nifti_suffix,
@@ -427,11 +427,8 @@ class WriteCaseOutputsd(MapTransform):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         files = {}
         for name, (arr, dtype) in arrays.items():
-            descrip = (
-                f"{DESCRIP_PREFIX} {name}"
-                if name in ("seg", "prob")
-                else (f"{DESCRIP_PREFIX} synth {name} {INTENSITY_SPACE}")
-            )
+            detail = "" if name in ("seg", "prob") else f"synth {INTENSITY_SPACE}"
+            descrip = output_description(name, detail)
             files[paths[name]] = (arr, dtype, descrip)
         write_nifti_group(files, ref, paths["sidecar"], sidecar)
 
