@@ -386,6 +386,7 @@ def _source_brain(files: Mapping[str, str]) -> tuple[np.ndarray, dict[str, np.nd
 
 def _load_bundle(bundle: str | os.PathLike | None, device: str | None) -> tuple[torch.nn.Module, dict, Any]:
     from medmtl.bundle_config import read_model_config
+    from medmtl.inference.exported import load_weights
     from medmtl.networks import get_network
 
     root = local_bundle(bundle)
@@ -400,7 +401,7 @@ def _load_bundle(bundle: str | os.PathLike | None, device: str | None) -> tuple[
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     net = get_network(cfg["network_preset"], in_channels=IN_CHANNELS, synth_channels=len(CONTRASTS),
                       **cfg.get("network_kwargs", {}))  # fmt: skip
-    net.load_state_dict(torch.load(model_path, map_location=dev, weights_only=True))
+    load_weights(net, model_path)  # the loader inference uses: data only, a clear error for other weights
     return net.to(dev).eval(), cfg, dev
 
 
