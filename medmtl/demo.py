@@ -37,10 +37,10 @@ DEMO_ENTRIES: tuple[str, ...] = (
 def prepare_demo_folder(out: Path, request: dict[str, Any], fresh: bool = False) -> None:
     """Make ``out`` ready for a demo run, deleting only what an earlier demo run wrote there.
 
-    A new or empty folder is used as it is. A folder that holds a demo run (its :data:`DEMO_STAMP`)
-    is resumed when the settings are the same; otherwise (or with ``fresh``) the demo's own entries
-    (:data:`DEMO_ENTRIES`) are removed and anything else in it is left alone. Any other non-empty
-    folder is refused: medmtl never deletes what it did not write.
+    A new folder is created, an empty one used as it is. A folder that holds a demo run (its
+    :data:`DEMO_STAMP`) is resumed when the settings are the same; otherwise (or with ``fresh``) the
+    demo's own entries (:data:`DEMO_ENTRIES`) are removed and anything else in it is left alone. Any
+    other non-empty folder is refused: medmtl never deletes what it did not write.
 
     Args:
         out: the demo folder (absolute).
@@ -56,6 +56,7 @@ def prepare_demo_folder(out: Path, request: dict[str, Any], fresh: bool = False)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file; give a new or empty folder for the demo")
     if not out.exists() or not any(out.iterdir()):
+        out.mkdir(parents=True, exist_ok=True)
         return
     stamp = out / DEMO_STAMP
     if not stamp.is_file():

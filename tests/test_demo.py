@@ -47,6 +47,9 @@ def test_demo_replaces_only_its_own_files_when_settings_change(tmp_path):
     from medmtl.demo import DEMO_STAMP, prepare_demo_folder
 
     out = tmp_path / "demo"
+    prepare_demo_folder(out / "new", {"n_cases": 3})  # a new folder is made, ready to be written
+    assert (out / "new").is_dir()
+    (out / "new").rmdir()
     (out / "data").mkdir(parents=True)
     (out / "data" / "case.nii.gz").write_bytes(b"phantom")
     (out / DEMO_STAMP).write_text(json.dumps({"n_cases": 3}))
