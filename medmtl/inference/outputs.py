@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform
 
-from medmtl.contrasts import canonical
+from medmtl.contrasts import CONTRASTS, canonical
 from medmtl.inference.input_checks import input_findings
 from medmtl.inference.postprocessing import region_thresholds, remove_small_components, small_et_to_netc
 from medmtl.intensity import check_landmarks, standardise_synth
@@ -72,8 +72,9 @@ def entry_output_paths(
         restorations: the run writes the synthesised acquired contrasts too.
         inputs: the model's input contrasts (a contrast the model does not read counts as lacking).
     """
-    acquired = entry.get("contrasts")
-    if acquired is not None and inputs is not None:
+    # an entry that names no contrasts holds all four, in canonical order (as the transforms read it)
+    acquired = list(entry.get("contrasts") or CONTRASTS)
+    if inputs is not None:
         model_inputs = {canonical(c) for c in inputs}
         acquired = [c for c in acquired if canonical(c) in model_inputs]
     written = written_contrasts(targets, acquired, restorations)
