@@ -239,7 +239,7 @@ def case_figure(
                 ax.text(0.98, 0.98, right, ha="right", **kw)
         if style.get("cmap") == "RdBu_r":
             bar = fig.colorbar(im, ax=axes[row, :].tolist(), fraction=0.03, pad=0.01)
-            bar.set_label("synth - acquired\n(scaled intensity)", fontsize=7)
+            bar.set_label("output - acquired\n(scaled intensity)", fontsize=7)
         elif row == 0:
             bar = fig.colorbar(im, ax=axes[row, :].tolist(), fraction=0.03, pad=0.01)
             bar.set_label("intensity, brain\nscaled to [0, 1]", fontsize=7)
