@@ -359,6 +359,8 @@ class WriteCaseOutputsd(MapTransform):
         acquired = [c for c, a in zip(self.inputs, mask) if a]
         written = written_contrasts(self.targets, acquired, self.restorations) if "synth" in d else []
         paths = output_paths(self.out_dir, case_id, written)
+        if self.write_probabilities:
+            paths["prob"] = probability_path(self.out_dir, case_id)
         check_replaceable([str(p) for p in paths.values() if p.exists()], self.out_dir, self.overwrite)
         conv = writable_convention(self.output_convention or d.get("convention") or self.default_convention)
         shape = tuple(ref.shape[:3])
@@ -385,7 +387,6 @@ class WriteCaseOutputsd(MapTransform):
         for c in written:
             arrays[c] = (synth[c], np.float32)
         if self.write_probabilities:
-            paths["prob"] = probability_path(self.out_dir, case_id)
             arrays["prob"] = (np.moveaxis(prob, 0, -1), np.float32)
 
         if d.get("unusable"):
