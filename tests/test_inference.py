@@ -447,16 +447,22 @@ def test_rerun_over_case_folders_skips_finished_cases(
     assert changed == {p.name for p in output_paths(out, cases[0].name, ["t1c"]).values()}
 
 
-def test_unfinished_case_with_files_in_the_way_needs_overwrite(
+def test_an_interrupted_case_is_redone_on_the_rerun(
     capsys, cli_out, tiny_bundle, phantom_cases, tmp_path
 ) -> None:
+    # Interrupted between its images and its sidecar: medmtl's own leftovers, redone without --overwrite.
     out = Path(shutil.copytree(cli_out, tmp_path / "pred"))
     case = phantom_cases["brats2023"]
-    (out / f"{case.name}.json").unlink()  # not finished: its files are not medmtl's to replace unasked
+    (out / f"{case.name}.json").unlink()
     before = mtimes(out)
-    rc, _, err = infer(capsys, case, "--bundle", tiny_bundle, "--out", out)
-    assert_user_error(rc, err, f"{case.name}_seg.nii.gz", "--overwrite")
-    assert mtimes(out) == before
+    time.sleep(0.01)
+    rc, stdout, err = infer(capsys, case, "--bundle", tiny_bundle, "--out", out)
+    assert rc == 0 and "1 case(s) to run" in stdout, err
+    now = mtimes(out)
+    assert (out / f"{case.name}.json").is_file()
+    assert {name for name in before if now[name] != before[name]} == {
+        p.name for p in output_paths(out, case.name, ["t1c"]).values() if p.name in before
+    }
 
 
 def _assert_unwritable_output_refused(capsys, bundle: Path, case: Path, out: Path) -> None:

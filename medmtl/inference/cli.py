@@ -200,7 +200,7 @@ def cli_main(args: argparse.Namespace) -> int:
     # is checked.
     entries = pending_cases(shard(entries), out, targets, args.overwrite, restorations, inputs)
     check_cases(entries, inputs, bool(model["input_mask"]))
-    check_replaceable(existing_outputs(entries, out, targets, restorations, inputs), out, args.overwrite)
+    check_replaceable(existing_outputs(entries, out, targets, restorations, inputs), out)
     quiet = nullcontext() if getattr(args, "verbose", False) else quiet_inference_logs()
     try:
         with quiet:

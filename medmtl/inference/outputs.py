@@ -162,17 +162,18 @@ def existing_outputs(
     ]
 
 
-def check_replaceable(existing: Sequence[str], out_dir: str | os.PathLike, overwrite: bool) -> None:
-    """Refuse to replace existing files, unless medmtl wrote them and ``overwrite`` is asked for.
+def check_replaceable(existing: Sequence[str], out_dir: str | os.PathLike) -> None:
+    """Refuse to replace an existing file that medmtl did not write.
 
     A file is medmtl's when a medmtl sidecar in ``out_dir`` lists it (:func:`medmtl.io.medmtl_outputs`)
-    or its NIfTI header says so (:func:`medmtl.io.written_by_medmtl`); anything else (a case's own
+    or its NIfTI header marks it as a medmtl output (:func:`medmtl.io.written_by_medmtl`): the outputs
+    of an unfinished case (one interrupted between its files and its sidecar) are redone, finished
+    cases are skipped unless ``--overwrite`` (see :func:`pending_cases`). Anything else (a case's own
     label map, another tool's output) is never replaced.
 
     Args:
-        existing: output paths that exist already.
+        existing: output paths of the cases about to be written that exist already.
         out_dir: the output folder.
-        overwrite: whether the user asked to redo finished cases.
 
     Raises:
         FileExistsError: naming the first file in the way and what to do.
@@ -185,11 +186,6 @@ def check_replaceable(existing: Sequence[str], out_dir: str | os.PathLike, overw
         raise FileExistsError(
             f"{foreign[0]} exists and medmtl did not write it (no medmtl sidecar lists it); medmtl never "
             "replaces such files: choose another --out"
-        )
-    if not overwrite:
-        raise FileExistsError(
-            f"{len(existing)} output file(s) of unfinished cases exist, e.g. {existing[0]}; "
-            "use --overwrite to replace them"
         )
 
 
@@ -299,7 +295,8 @@ class WriteCaseOutputsd(MapTransform):
         output_convention: force this convention (``brats2021``/``brats2023``) instead of the input's.
         write_probabilities: also write ``<case>_prob.nii.gz`` (TC, WT, ET probabilities, float32).
         write_regions: write the seg as region masks (TC, WT, ET as a 4D uint8) instead of a label map.
-        overwrite: replace existing outputs.
+        overwrite: the run redoes finished cases (which cases run is decided by :func:`pending_cases`;
+            the writer replaces only files medmtl wrote, see :func:`check_replaceable`).
         model_info: extra fields for the sidecar (model name, version, ...).
         threshold: probability threshold of the regions: one for all, or one per region (TC, WT, ET;
             the model config's ``thresholds``, chosen on validation cases).
@@ -361,7 +358,7 @@ class WriteCaseOutputsd(MapTransform):
         paths = output_paths(self.out_dir, case_id, written)
         if self.write_probabilities:
             paths["prob"] = probability_path(self.out_dir, case_id)
-        check_replaceable([str(p) for p in paths.values() if p.exists()], self.out_dir, self.overwrite)
+        check_replaceable([str(p) for p in paths.values() if p.exists()], self.out_dir)
         conv = writable_convention(self.output_convention or d.get("convention") or self.default_convention)
         shape = tuple(ref.shape[:3])
         if tuple(d["seg"].shape[1:]) != shape:
