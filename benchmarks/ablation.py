@@ -150,6 +150,7 @@ def infer_row(run_dir: Path, cases: Sequence[dict], pred_dir: Path, num_workers:
         cases=list(cases),
         output_dir=str(pred_dir),
         num_workers=num_workers,
+        restorations=True,  # every synthesised contrast scored, as the rows were measured
     )
     return time.time() - t0
 

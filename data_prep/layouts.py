@@ -5,6 +5,8 @@ Supported layouts (any folder depth, ``.nii.gz`` or ``.nii``):
 * ``brats2018-2021``: ``<id>/<id>_{flair,t1,t1ce,t2,seg}.nii.gz`` (labels ET = 4);
 * ``brats2023``: ``<id>/<id>-{t1n,t1c,t2w,t2f,seg}.nii.gz`` (labels ET = 3);
 * ``upenn_gbm``: ``<id>/<id>_{FLAIR,T1,T1GD,T2,SEG}.nii.gz`` (BraTS 2018-21 label values);
+* ``bids``: BIDS anatomical names, ``sub-<label>[_ses-<label>]_{T1w,ce-gadolinium_T1w,T2w,FLAIR}.nii.gz``
+  (``ce-gd`` as well; no release's label values, so BraTS 2023 unless the label map says otherwise);
 * ``msd``: Medical Segmentation Decathlon Task01, ``imagesTr/*.nii.gz`` (one 4D file per case, channels
   FLAIR, T1w, T1gd, T2w unless ``dataset.json`` says otherwise), ``labelsTr/``, ``imagesTs/``.
 
@@ -21,10 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medmtl.contrasts import CONTRASTS, canonical, canonical_list
-
-#: File name endings of NIfTI volumes, longest first.
-NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
+from medmtl.contrasts import BIDS_SPELLINGS, CONTRASTS, canonical, canonical_list
+from medmtl.io import NIFTI_SUFFIXES, medmtl_outputs, strip_nifti_suffix
 
 #: Name (lower case) of the label map among the per-contrast files of a case.
 LABEL_SUFFIX = "seg"
@@ -61,6 +61,9 @@ LAYOUTS: dict[str, Layout] = {
         Layout("brats2018-2021", "_", False, "brats2021", "<id>/<id>_{flair,t1,t1ce,t2,seg}.nii.gz"),
         Layout("brats2023", "-", False, "brats2023", "<id>/<id>-{t1n,t1c,t2w,t2f,seg}.nii.gz"),
         Layout("upenn_gbm", "_", True, "brats2021", "<id>/<id>_{FLAIR,T1,T1GD,T2,SEG}.nii.gz"),
+        Layout(
+            "bids", "_", False, "brats2023", "sub-<id>[_ses-<id>]_{T1w,ce-gadolinium_T1w,T2w,FLAIR}.nii.gz"
+        ),
         Layout("msd", "", False, "msd", "imagesTr/<id>.nii.gz (4D) + labelsTr/<id>.nii.gz, imagesTs/"),
     )
 }
@@ -170,20 +173,11 @@ class Discovery:
     names: list[str] = field(default_factory=list)
 
 
-def strip_nifti_suffix(name: str) -> str | None:
-    """File name without its NIfTI extension, or None when it is not a NIfTI file."""
-    low = name.lower()
-    for suffix in NIFTI_SUFFIXES:
-        if low.endswith(suffix):
-            return name[: -len(suffix)]
-    return None
-
-
 def split_case_file(stem: str) -> tuple[str, str, str] | None:
     """Split a per-contrast file stem into (case id, separator, contrast or ``seg`` token).
 
-    The last one or two ``_``/``-`` separated tokens are tried, so that spellings such as
-    ``t2-flair`` resolve as well as ``flair``.
+    The last three, two or one ``_``/``-`` separated tokens are tried, longest first, so that spellings
+    such as ``t2-flair`` and BIDS's ``ce-gadolinium_T1w`` resolve as well as ``flair``.
 
     Args:
         stem: file name without extension, e.g. ``BraTS-GLI-00000-000-t1c``.
@@ -193,7 +187,7 @@ def split_case_file(stem: str) -> tuple[str, str, str] | None:
         None when the stem does not end in a known contrast or label token.
     """
     cuts = [m.start() for m in re.finditer(r"[_-]", stem)]
-    for cut in cuts[-2:]:  # the two-token spelling first, so "x_t2-flair" is not read as case "x_t2"
+    for cut in cuts[-3:]:  # the longest spelling first, so "x_t2-flair" is not read as case "x_t2"
         token = stem[cut + 1 :]
         if not stem[:cut]:
             continue
@@ -234,6 +228,8 @@ def layout_of(separator: str, tokens: Sequence[str]) -> Layout:
     Returns:
         The layout (which gives the label convention of the release).
     """
+    if separator == "_" and any(t in BIDS_SPELLINGS for t in tokens):
+        return LAYOUTS["bids"]
     if separator == "-":
         return LAYOUTS["brats2023"]
     if any(t.isupper() for t in tokens):
@@ -247,10 +243,13 @@ def _rel(path: Path, root: Path) -> str:
 
 def _nifti_files(folder: Path) -> list[Path]:
     # "._name" files are macOS resource forks shipped inside some archives (MSD's tar among them).
+    # medmtl's own outputs (listed by their sidecars) are not cases: a prediction written into a
+    # case folder must not become a second case.
+    own = medmtl_outputs(folder)
     return sorted(
         p
         for p in folder.iterdir()
-        if not p.name.startswith(".") and strip_nifti_suffix(p.name) and p.is_file()
+        if not p.name.startswith(".") and p.name not in own and strip_nifti_suffix(p.name) and p.is_file()
     )
 
 
@@ -399,6 +398,7 @@ def discover(root: str | os.PathLike) -> Discovery:
 __all__ = [
     "LAYOUTS",
     "ID_RULES",
+    "NIFTI_SUFFIXES",
     "Layout",
     "IdRule",
     "Case",

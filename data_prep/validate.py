@@ -22,11 +22,8 @@ from nibabel.spatialimages import HeaderDataError
 from nibabel.wrapstruct import WrapStructError
 
 from data_prep.layouts import LAYOUTS, Case
+from medmtl.io import AFFINE_ATOL_MM, grid_mismatch
 from medmtl.labels import allowed_values, check_convention, detect_convention
-
-#: Largest difference between two affines (mm) still taken as the same grid. Real BraTS files differ
-#: by -0.0 vs 0.0 and float noise between the contrasts of one case.
-AFFINE_ATOL_MM = 1e-3
 
 #: What reading a damaged NIfTI can raise: gzip / zlib errors for truncated or corrupt archives,
 #: nibabel's own for headers, ValueError / MemoryError for data that do not fit the header.
@@ -239,15 +236,14 @@ def _check_grid(case: Case, images: dict[str, nib.Nifti1Image], atol: float, rep
     for rel, img in images.items():
         if rel == ref_rel:
             continue
-        shape = tuple(int(s) for s in img.shape[:3])
-        if shape != report.shape:
-            report.problems.append(Problem(rel, f"shape {shape} differs from {ref_name} {report.shape}"))
-        elif not np.allclose(img.affine, ref.affine, rtol=0.0, atol=atol):
-            diff = float(np.abs(img.affine - ref.affine).max())
+        mismatch = grid_mismatch(img.shape, img.affine, ref.shape, ref.affine, atol)
+        if mismatch and mismatch.startswith("shape"):
+            report.problems.append(Problem(rel, f"{mismatch} ({ref_name})"))
+        elif mismatch:
             report.problems.append(
                 Problem(
                     rel,
-                    f"affine differs from that of {ref_name} by up to {diff:.4g} mm (tolerance {atol:g} mm): "
+                    f"{mismatch} from that of {ref_name}: "
                     f"{np.round(img.affine, 4).tolist()} vs {np.round(ref.affine, 4).tolist()}",
                 )
             )

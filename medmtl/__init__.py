@@ -12,8 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
-
+from medmtl._version import __version__
 from medmtl.contrasts import CONTRASTS, canonical
 
 _SUBMODULES = {

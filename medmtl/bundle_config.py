@@ -128,11 +128,13 @@ def read_metadata(bundle_root: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def read_state_dict(path: str | os.PathLike) -> Mapping[str, Any]:
+def read_state_dict(path: str | os.PathLike, mmap: bool = False) -> Mapping[str, Any]:
     """Read a weights file as data (``torch.load(weights_only=True)``: a checkpoint never runs code).
 
     Args:
         path: the ``model.pt`` file.
+        mmap: map the tensors' storage instead of reading it (a check that the file is whole and a
+            state dict, without reading the weights a second time).
 
     Returns:
         The state dict, on the CPU.
@@ -147,7 +149,7 @@ def read_state_dict(path: str | os.PathLike) -> Mapping[str, Any]:
     if not p.is_file():
         raise FileNotFoundError(f"weights {p} not found: the bundle has no trained weights (train it first)")
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        state = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001 - any failure to read means the same to the user
         raise ValueError(
             f"weights {p} cannot be read (truncated or not a PyTorch checkpoint): {err}"
@@ -170,7 +172,10 @@ def check_weights(path: str | os.PathLike) -> Path:
         FileNotFoundError: when it does not exist.
         ValueError: when it is truncated, corrupt or not a state dict.
     """
-    read_state_dict(path)
+    try:
+        read_state_dict(path, mmap=True)
+    except ValueError:
+        read_state_dict(path)  # the legacy (non-zip) format cannot be mapped: read it; a bad file raises
     return Path(path)
 
 
@@ -187,14 +192,14 @@ def model_info(bundle_root: str | os.PathLike, model_path: str | os.PathLike) ->
     import monai
     import torch
 
-    import medmtl
+    from medmtl._version import __version__
 
     meta = read_metadata(bundle_root)
     return {
         "model": meta.get("name", "medmtl"),
         "model_version": meta.get("version"),
         "weights": Path(model_path).name,
-        "medmtl_version": medmtl.__version__,
+        "medmtl_version": __version__,
         "monai_version": monai.__version__,
         "torch_version": torch.__version__,
     }

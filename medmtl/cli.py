@@ -37,6 +37,14 @@ HELP: dict[str, str] = {
     "demo": "the whole pipeline on built-in synthetic data (CPU, a few minutes)",
 }
 
+VERBOSE_HELP = "show library warnings and engine logs"
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Print a warning as one ``medmtl: warning: ...`` line (no class name, no source line)."""
+    text = " ".join(str(message).split())
+    print(f"medmtl: warning: {text}", file=file or sys.stderr, flush=True)
+
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default only when it has one worth reading (not None, False or empty)."""
@@ -65,7 +73,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     Returns:
         The top-level parser; ``args.func`` is the chosen stage's ``cli_main``.
     """
-    from medmtl import __version__
+    from medmtl._version import __version__
 
     parser = _Parser(
         prog="medmtl",
@@ -73,7 +81,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"medmtl {__version__}")
-    parser.add_argument("--verbose", action="store_true", help="show library warnings and engine logs")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for name, (module_name, add, entry) in COMMANDS.items():
         p = sub.add_parser(
@@ -82,6 +90,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             description=HELP[name],
             formatter_class=_HelpFormatter,
         )
+        # --verbose is read before or after the subcommand: SUPPRESS keeps the top level's value.
+        p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
         if name != command:
             continue
         module = importlib.import_module(f"medmtl.commands.{module_name}")
@@ -102,9 +112,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
-    if not args.verbose:
-        import warnings
+    import warnings
 
+    shown = warnings.showwarning
+    try:
+        return _run(args)
+    finally:
+        warnings.showwarning = shown
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the chosen subcommand; every failure a user can act on is one line on stderr."""
+    import warnings
+
+    if not args.verbose:
+        from medmtl.engine_logs import quiet_logging_setup
+
+        quiet_logging_setup()
+        warnings.showwarning = _one_line_warning
         # Our bundle configs are ours: MONAI's notice that a config may run code is for configs of
         # unknown origin. Deprecation notices of the libraries are not the user's business either.
         warnings.filterwarnings("ignore", message=r"parsing config_file .*", category=UserWarning)
@@ -112,10 +137,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.filterwarnings("ignore", category=FutureWarning)
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        # Every output is written whole or not at all (medmtl.io): an interrupt leaves finished files only.
+        out = getattr(args, "out", None)
+        kept = f"finished outputs are kept in {out}, " if out else ""
+        print(
+            f"medmtl {args.command}: interrupted; {kept}the file being written was discarded; "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
     except (FileNotFoundError, FileExistsError, PermissionError, ValueError) as err:
         # User errors: one clear line, no traceback.
         print(f"medmtl {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        # The system refused (a full disk, a read-only folder): one line naming the file and what to do.
+        print(f"medmtl {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -26,7 +26,14 @@ ALIASES: dict[str, str] = {
     "t1c": "t1c", "t1ce": "t1c", "t1gd": "t1c", "t1post": "t1c", "t1-gd": "t1c",
     "t2w": "t2w", "t2": "t2w",
     "t2f": "t2f", "flair": "t2f", "t2flair": "t2f", "t2-flair": "t2f",
+    # BIDS: the anatomical suffixes T1w / T2w / FLAIR, and a contrast agent as the ce- entity
+    # (sub-01_ce-gadolinium_T1w is post-contrast T1, sub-01_T1w native T1).
+    "ce-gadolinium_t1w": "t1c", "ce-gd_t1w": "t1c", "ce-gadolinium-t1w": "t1c", "ce-gd-t1w": "t1c",
 }  # fmt: skip
+
+#: Spellings, exactly as BIDS writes them, that only BIDS uses (BraTS 2023 writes ``t2w`` in lower
+#: case): a case whose files use one is named the BIDS way.
+BIDS_SPELLINGS: frozenset[str] = frozenset({"T1w", "T2w", "ce-gadolinium_T1w", "ce-gd_T1w"})
 
 
 def canonical(name: str) -> str:

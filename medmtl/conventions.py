@@ -18,6 +18,22 @@ CONVENTIONS: dict[str, dict[str, int]] = {
 
 #: Conventions that may be written as outputs (MSD is read, never written).
 OUTPUT_CONVENTIONS: tuple[str, ...] = ("brats2021", "brats2023")
+#: The convention of outputs for a case that names none, and for MSD-labelled inputs.
+DEFAULT_OUTPUT_CONVENTION = "brats2023"
+
+
+def writable_convention(convention: str | None) -> str:
+    """The convention a case's outputs are written in (the one place of this fallback).
+
+    Args:
+        convention: the case's (or the requested) convention; None when unknown.
+
+    Returns:
+        ``convention`` when outputs can be written in it, else :data:`DEFAULT_OUTPUT_CONVENTION`
+        (MSD-labelled inputs are answered in BraTS 2023 values, the nearest writable convention).
+    """
+    return convention if convention in OUTPUT_CONVENTIONS else DEFAULT_OUTPUT_CONVENTION
+
 
 #: BraTS overlay colours (RGB 0-1) used by figures: NETC red, SNFH green, ET yellow.
 COLOURS: dict[str, tuple[float, float, float]] = {

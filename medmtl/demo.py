@@ -20,6 +20,66 @@ DEMO_DEFAULTS: dict[str, Any] = {
 }
 
 
+#: The file that marks a folder as a demo run (its settings); written first, before anything else.
+DEMO_STAMP = "demo_request.json"
+#: What a demo run writes in its folder, and all that ``--fresh`` or a change of settings removes.
+DEMO_ENTRIES: tuple[str, ...] = (
+    DEMO_STAMP,
+    "data",
+    "datalist.json",
+    "datalist.report.json",
+    "bundle",
+    "predictions",
+    "evaluation",
+)
+
+
+def prepare_demo_folder(out: Path, request: dict[str, Any], fresh: bool = False) -> None:
+    """Make ``out`` ready for a demo run, deleting only what an earlier demo run wrote there.
+
+    A new folder is created, an empty one used as it is. A folder that holds a demo run (its
+    :data:`DEMO_STAMP`) is resumed when the settings are the same; otherwise (or with ``fresh``) the
+    demo's own entries (:data:`DEMO_ENTRIES`) are removed and anything else in it is left alone. Any
+    other non-empty folder is refused: medmtl never deletes what it did not write.
+
+    Args:
+        out: the demo folder (absolute).
+        request: the settings of this run (recorded in :data:`DEMO_STAMP`).
+        fresh: start again even when the settings match.
+
+    Raises:
+        FileExistsError: when ``out`` is a file, or a non-empty folder that is not a demo run.
+    """
+    import json
+    import shutil
+
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; give a new or empty folder for the demo")
+    if not out.exists() or not any(out.iterdir()):
+        out.mkdir(parents=True, exist_ok=True)
+        return
+    stamp = out / DEMO_STAMP
+    if not stamp.is_file():
+        raise FileExistsError(
+            f"--out {out} is not empty and holds no demo run ({DEMO_STAMP} is missing); "
+            "give a new or empty folder (nothing was changed)"
+        )
+    try:
+        previous = json.loads(stamp.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        previous = None
+    if previous == request and not fresh:
+        return
+    why = "--fresh" if fresh else f"other settings ({previous})"
+    print(f"medmtl demo: {out} holds a demo run with {why}; replacing that run's files", flush=True)
+    for name in DEMO_ENTRIES:
+        entry = out / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        elif entry.exists() or entry.is_symlink():
+            entry.unlink()
+
+
 def _step(title: str) -> float:
     print(f"\n==> {title}", flush=True)
     return time.time()
@@ -41,19 +101,21 @@ def run_demo(
         epochs: training epochs (per stage when ``stage="all"``).
         seed: seed for phantoms, folds and training.
         stage: ``plain`` or ``all``.
-        fresh: remove an existing demo folder first.
+        fresh: remove an earlier demo run in ``out`` first (only the files the demo wrote).
 
     Returns:
         The evaluation summary.
+
+    Raises:
+        FileExistsError: when ``out`` is a non-empty folder that holds no demo run.
     """
     import json
-    import shutil
 
     import torch
 
-    import medmtl
     from data_prep.datalist import prepare
     from data_prep.phantoms import write_phantoms
+    from medmtl._version import __version__
     from medmtl.bundle_config import DEFAULT_BUNDLE
     from medmtl.evaluation import evaluate
     from medmtl.training import train
@@ -65,18 +127,10 @@ def run_demo(
         "epochs": epochs,
         "seed": seed,
         "stage": stage,
-        "version": medmtl.__version__,
+        "version": __version__,
     }
-    stamp = out / "demo_request.json"
-    if out.exists() and not fresh:
-        previous = json.loads(stamp.read_text()) if stamp.is_file() else None
-        if previous != request and any(out.iterdir()):
-            # Results of another request would be reported as this one's: start again, and say so.
-            print(f"medmtl demo: {out} holds a demo run with other settings ({previous}); starting fresh")
-            fresh = True
-    if fresh and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_demo_folder(out, request, fresh)
+    stamp = out / DEMO_STAMP
     stamp.write_text(json.dumps(request))
     data_dir, datalist = out / "data", out / "datalist.json"
     t0 = time.time()

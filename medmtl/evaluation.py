@@ -24,7 +24,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from medmtl import report
+import medmtl.report as report
 from medmtl.challenge_metrics import (
     BRASYN_METRICS,
     HD95_PENALTY,
@@ -35,7 +35,15 @@ from medmtl.challenge_metrics import (
 )
 from medmtl.contrasts import CONTRASTS, canonical, canonical_list
 from medmtl.datalist import load_datalist
-from medmtl.io import atomic_path, write_json
+from medmtl.io import (
+    AFFINE_ATOL_MM,
+    SEG_OUTPUT,
+    SYNTH_OUTPUT,
+    atomic_path,
+    grid_mismatch,
+    output_paths,
+    write_json,
+)
 from medmtl.labels import REGIONS, allowed_values, check_convention, detect_convention
 from medmtl.metrics import (
     BRATS_MAX_HD95,
@@ -50,7 +58,7 @@ from medmtl.metrics import (
 )
 
 #: Largest affine difference (mm) tolerated between a prediction's grid and its reference's.
-AFFINE_TOLERANCE: float = 1e-3
+AFFINE_TOLERANCE: float = AFFINE_ATOL_MM
 
 #: What each segmentation column measures, written to summary.json and report.md: voxel-wise scores
 #: (BraTS 2018-2021 tables) and lesion-wise scores (BraTS 2023+ leaderboards) are not comparable.
@@ -94,17 +102,11 @@ def _load(path: str | os.PathLike, what: str) -> nib.Nifti1Image:
 
 
 def _check_grid(img: nib.Nifti1Image, path: Path, ref: nib.Nifti1Image, ref_path: Path) -> None:
-    shape, ref_shape = tuple(img.shape[:3]), tuple(ref.shape[:3])
-    if shape != ref_shape:
+    mismatch = grid_mismatch(img.shape, img.affine, ref.shape, ref.affine, AFFINE_TOLERANCE)
+    if mismatch:
         raise ValueError(
-            f"{path}: grid differs from the reference {ref_path}: shape {shape}, expected {ref_shape}"
-        )
-    diff = float(np.abs(img.affine - ref.affine).max())
-    if diff > AFFINE_TOLERANCE:
-        raise ValueError(
-            f"{path}: grid differs from the reference {ref_path}: affine differs by up to {diff:.4g} "
-            f"(tolerance {AFFINE_TOLERANCE})\nfound:\n{np.round(img.affine, 4)}\n"
-            f"expected:\n{np.round(ref.affine, 4)}"
+            f"{path}: grid differs from the reference {ref_path}: {mismatch}\nfound:\n"
+            f"{np.round(img.affine, 4)}\nexpected:\n{np.round(ref.affine, 4)}"
         )
 
 
@@ -175,7 +177,7 @@ def _synth_files(pred_dir: Path, case_id: str, sidecar: Mapping[str, Any]) -> di
     if "synthesised" in sidecar:
         names = canonical_list(sidecar["synthesised"] or [])
     else:
-        prefix, suffix = f"{case_id}_", "_synth.nii.gz"
+        prefix, suffix = f"{case_id}_", f"_{SYNTH_OUTPUT}.nii.gz"
         names = []
         for p in sorted(pred_dir.glob(f"{case_id}_*{suffix}")):
             middle = p.name[len(prefix) : -len(suffix)]
@@ -184,7 +186,7 @@ def _synth_files(pred_dir: Path, case_id: str, sidecar: Mapping[str, Any]) -> di
                     names.append(canonical(middle))
                 except ValueError as err:
                     raise ValueError(f"{p}: not a <case>_<contrast>_synth.nii.gz name: {err}") from err
-    files = {c: pred_dir / f"{case_id}_{c}_synth.nii.gz" for c in names}
+    files = {c: p for c, p in output_paths(pred_dir, case_id, names).items() if c in names}
     for c, p in files.items():
         if not p.is_file():
             raise FileNotFoundError(
@@ -194,8 +196,9 @@ def _synth_files(pred_dir: Path, case_id: str, sidecar: Mapping[str, Any]) -> di
 
 
 def _predicted_case_ids(pred_dir: Path) -> set[str]:
-    ids = {p.name[: -len("_seg.nii.gz")] for p in pred_dir.glob("*_seg.nii.gz")}
-    ids |= {p.name[: -len("_synth.nii.gz")].rsplit("_", 1)[0] for p in pred_dir.glob("*_*_synth.nii.gz")}
+    seg, synth = f"_{SEG_OUTPUT}.nii.gz", f"_{SYNTH_OUTPUT}.nii.gz"
+    ids = {p.name[: -len(seg)] for p in pred_dir.glob(f"*{seg}")}
+    ids |= {p.name[: -len(synth)].rsplit("_", 1)[0] for p in pred_dir.glob(f"*_*{synth}")}
     return ids
 
 
@@ -238,7 +241,7 @@ def _evaluate_case(
     case: _Case, pred_dir: Path, figure_path: Path | None, lesionwise: bool = False
 ) -> tuple[dict[str, Any], list[str]] | None:
     sidecar = _sidecar(pred_dir, case.case_id)
-    seg_path = pred_dir / f"{case.case_id}_seg.nii.gz"
+    seg_path = output_paths(pred_dir, case.case_id)["seg"]
     synth_paths = _synth_files(pred_dir, case.case_id, sidecar)
     has_seg = seg_path.is_file()
     if not has_seg and not synth_paths:
@@ -281,6 +284,8 @@ def _evaluate_case(
             for key, value in brasyn_metrics(syn, ref, tumour).items():
                 row[f"{contrast}_{key}"] = value
         acquired = [canonical(c) for c in used] if used is not None else list(case.sources)
+        # 1: the model had this contrast as an input (a restoration); 0: it was missing (synthesised).
+        row[f"{contrast}_input"] = 1.0 if contrast in acquired else 0.0
         others = [c for c in acquired if c in case.sources and c != contrast]
         # A case with one contrast, reconstructed from itself, has no other image to copy: no baseline.
         if others:
@@ -449,7 +454,7 @@ def _markdown(
                 cells = []
                 for k, d in (("SSIM", 3), ("PSNR", 2), ("MAE", 4)):
                     cells += [_fmt(m.get(f"{c}_{k}_{reg}"), d), _fmt(m.get(f"{c}_baseline_{k}_{reg}"), d)]
-                lines.append(f"| {c} | {reg} | " + " | ".join(cells) + " |")
+                lines.append(f"| {_role(c, m)} | {reg} | " + " | ".join(cells) + " |")
         brasyn = [c for c in contrasts if f"{c}_{BRASYN_METRICS[0]}" in m]
         if brasyn:
             lines += [
@@ -467,11 +472,23 @@ def _markdown(
                 for k in BRASYN_METRICS:
                     d = 2 if k.endswith("PSNR") else 3
                     cells += [_fmt(m.get(f"{c}_{k}"), d), _fmt(m.get(f"{c}_baseline_{k}"), d)]
-                lines.append(f"| {c} | " + " | ".join(cells) + " |")
+                lines.append(f"| {_role(c, m)} | " + " | ".join(cells) + " |")
     if figures:
         lines += ["", "## Figures", ""]
         lines += [f"![{Path(f).stem}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
+
+
+def _role(contrast: str, m: Mapping[str, Any]) -> str:
+    """The contrast's cell in the synthesis table: synthesised (missing from the inputs) or restored."""
+    share = (m.get(f"{contrast}_input") or {}).get("mean")
+    if share is None:
+        return contrast
+    if share == 0:
+        return f"{contrast} (synthesised: not an input)"
+    if share == 1:
+        return f"{contrast} (restoration: an input)"
+    return f"{contrast} (an input in {share:.0%} of cases)"
 
 
 def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:

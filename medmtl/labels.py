@@ -22,7 +22,13 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses, MapLabelValue, MapTransform
 
-from medmtl.conventions import COLOURS, CONVENTIONS, OUTPUT_CONVENTIONS, REGIONS  # noqa: F401 - re-exported
+from medmtl.conventions import (  # noqa: F401 - re-exported
+    COLOURS,
+    CONVENTIONS,
+    OUTPUT_CONVENTIONS,
+    REGIONS,
+    writable_convention,
+)
 
 
 def check_convention(convention: str) -> str:
@@ -257,9 +263,7 @@ class RegionsToLabeld(MapTransform, _ConventionMixin):
         self.convention_key = convention_key
 
     def _convention(self, d: Mapping[Hashable, Any]) -> str:
-        conv = super()._convention(d)
-        # MSD-labelled inputs are answered in BraTS 2023 values, the nearest writable convention.
-        return conv if conv in OUTPUT_CONVENTIONS else "brats2023"
+        return writable_convention(super()._convention(d))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

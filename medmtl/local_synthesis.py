@@ -45,6 +45,7 @@ from monai.transforms import (
 from scipy import ndimage
 
 from medmtl.contrasts import CONTRASTS
+from medmtl.io import grid_mismatch
 from medmtl.labels import REGIONS, detect_convention, label_to_regions
 
 __all__ = [
@@ -68,9 +69,16 @@ IN_CHANNELS = len(CONTRASTS) + 1 + 3
 #: Margin (mm) around a lesion's whole tumour that is blanked with it, so the network also draws the
 #: transition to healthy tissue.
 LESION_MARGIN_MM = 3.0
-#: Default bundle holding trained local-synthesis weights.
-DEFAULT_LOCAL_BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "brats_mtl"
+#: The local-synthesis weights inside a bundle (the shipped bundle's by default: see
+#: :func:`medmtl.bundle_config.shipped_bundle`, which finds it in a checkout and in an installed package).
 LOCAL_MODEL = "models/local_synthesis/model.pt"
+
+
+def local_bundle(bundle: str | os.PathLike | None = None) -> Path:
+    """The bundle whose ``models/local_synthesis`` weights to use: ``bundle``, else the shipped one."""
+    from medmtl.bundle_config import shipped_bundle
+
+    return Path(bundle) if bundle else shipped_bundle()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -357,10 +365,10 @@ def _check_mask(path: str | os.PathLike, ref: nib.Nifti1Image, what: str) -> np.
     except Exception as err:  # noqa: BLE001 (any reader failure is a bad file for the user)
         raise ValueError(f"{what} {p}: not a readable NIfTI image ({err})") from err
     arr = arr.reshape(arr.shape[:3]) if arr.ndim == 4 and arr.shape[3] == 1 else arr
-    if arr.shape != ref.shape[:3] or not np.allclose(img.affine, ref.affine, atol=1e-3):
+    mismatch = grid_mismatch(arr.shape, img.affine, ref.shape, ref.affine)
+    if mismatch:
         raise ValueError(
-            f"{what} {p}: grid {arr.shape} differs from the case's {tuple(ref.shape[:3])} (shape and affine "
-            "must match the scans)"
+            f"{what} {p}: grid differs from the case's ({mismatch}; shape and affine must match the scans)"
         )
     if not np.isfinite(arr).all():
         raise ValueError(f"{what} {p}: holds NaN or infinite values")
@@ -378,9 +386,10 @@ def _source_brain(files: Mapping[str, str]) -> tuple[np.ndarray, dict[str, np.nd
 
 def _load_bundle(bundle: str | os.PathLike | None, device: str | None) -> tuple[torch.nn.Module, dict, Any]:
     from medmtl.bundle_config import read_model_config
+    from medmtl.inference.exported import load_weights
     from medmtl.networks import get_network
 
-    root = Path(bundle or DEFAULT_LOCAL_BUNDLE)
+    root = local_bundle(bundle)
     model_path = root / LOCAL_MODEL
     cfg_path = model_path.parent / "model_config.json"
     if not model_path.is_file() or not cfg_path.is_file():
@@ -392,7 +401,7 @@ def _load_bundle(bundle: str | os.PathLike | None, device: str | None) -> tuple[
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     net = get_network(cfg["network_preset"], in_channels=IN_CHANNELS, synth_channels=len(CONTRASTS),
                       **cfg.get("network_kwargs", {}))  # fmt: skip
-    net.load_state_dict(torch.load(model_path, map_location=dev, weights_only=True))
+    load_weights(net, model_path)  # the loader inference uses: data only, a clear error for other weights
     return net.to(dev).eval(), cfg, dev
 
 
@@ -521,7 +530,7 @@ def run_local(
             "task": task,
             "mask": str(Path(mask).resolve()),
             "region_voxels": int(region.sum()),
-            "model": str(Path(bundle or DEFAULT_LOCAL_BUNDLE).resolve() / LOCAL_MODEL),
+            "model": str(local_bundle(bundle).resolve() / LOCAL_MODEL),
             "outputs": {k: p.name for k, p in out_paths.items()},
             "intensity": "the scan's own scale; synthesised voxels mapped from brain z-scores",
         }

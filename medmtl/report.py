@@ -10,6 +10,7 @@ atomically.
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -205,10 +206,12 @@ def case_figure(
         mask = r_ras != 0
         r_n, s_n = _display(r_ras, mask), _display(s_ras, mask)
         diff = {"cmap": "RdBu_r", "vmin": -DIFF_RANGE, "vmax": DIFF_RANGE}
+        # a contrast the model was given is restored, one it lacked is synthesised: say which
+        made = "restored (an input)" if c in inputs else "synthesised (missing)"
         panels += [
             (f"{c} acquired", r_n, grey, None),
-            (f"{c} synthesised", s_n, grey, None),
-            (f"{c} synth - acquired", np.where(mask, s_n - r_n, 0.0), diff, None),
+            (f"{c} {made}", s_n, grey, None),
+            (f"{c} output - acquired", np.where(mask, s_n - r_n, 0.0), diff, None),
         ]
 
     n_rows = len(panels)
@@ -236,7 +239,7 @@ def case_figure(
                 ax.text(0.98, 0.98, right, ha="right", **kw)
         if style.get("cmap") == "RdBu_r":
             bar = fig.colorbar(im, ax=axes[row, :].tolist(), fraction=0.03, pad=0.01)
-            bar.set_label("synth - acquired\n(scaled intensity)", fontsize=7)
+            bar.set_label("output - acquired\n(scaled intensity)", fontsize=7)
         elif row == 0:
             bar = fig.colorbar(im, ax=axes[row, :].tolist(), fraction=0.03, pad=0.01)
             bar.set_label("intensity, brain\nscaled to [0, 1]", fontsize=7)
@@ -244,8 +247,51 @@ def case_figure(
         handles = [_patch(name) for name in COLOURS]
         fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
     if title or scores:
-        fig.suptitle("\n".join(t for t in (title, scores) if t), fontsize=10)
+        fig.suptitle(figure_title(title, scores), fontsize=10)
     return _save(fig, out_path, dpi)
+
+
+#: characters per line of a case figure's title (its width at the title's font size)
+TITLE_WIDTH = 70
+
+
+def figure_title(title: str | None, scores: str | None, width: int = TITLE_WIDTH) -> str:
+    """A case figure's title, wrapped to the figure's width (a long id or score line is not cut off).
+
+    Args:
+        title: the case id.
+        scores: the score line (``" | "``-separated parts, see :func:`scores_line`).
+        width: characters per line.
+
+    Returns:
+        The title lines joined by newlines; score parts are kept whole where they fit.
+    """
+    lines: list[str] = []
+    if title:
+        lines += textwrap.wrap(title, width, break_on_hyphens=False) or [title]
+    if scores:
+        line = ""
+        for part in scores.split(" | "):
+            if line and len(line) + 3 + len(part) > width:
+                lines.append(line)
+                line = ""
+            line = f"{line} | {part}" if line else part
+        lines += textwrap.wrap(line, width, break_on_hyphens=False) if len(line) > width else [line]
+    return "\n".join(lines)
+
+
+def score_range(data: Sequence[Sequence[float]]) -> tuple[float, float]:
+    """The y range of a score panel: [0, 1] widened to show any negative value (SSIM can be < 0).
+
+    Args:
+        data: the values of each box.
+
+    Returns:
+        ``(bottom, top)``.
+    """
+    low = min((min(d) for d in data if len(d)), default=0.0)
+    bottom = 0.0 if low >= 0 else low - 0.05 * (1.0 - low)
+    return bottom, 1.02
 
 
 def scores_line(row: Mapping[str, Any]) -> str:
@@ -322,7 +368,9 @@ def summary_figure(rows: Sequence[Mapping[str, Any]], out_path: str | os.PathLik
             patch.set_alpha(0.6)
         for pos, i in enumerate(keep, start=1):
             ax.scatter(np.full(len(data[i]), pos), data[i], s=10, color="k", zorder=3)
-        ax.set_ylim(0.0, 1.02)
+        ax.set_ylim(*score_range(data))
+        if ax.get_ylim()[0] < 0:
+            ax.axhline(0.0, color="k", linewidth=0.6, alpha=0.5)
         ax.set_title(f"{title}, n={max(len(d) for d in data)}", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     return _save(fig, out_path, dpi)
@@ -335,5 +383,7 @@ __all__: Sequence[str] = (
     "slice_centre",
     "label_overlay",
     "case_figure",
+    "figure_title",
+    "score_range",
     "summary_figure",
 )

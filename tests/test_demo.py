@@ -25,3 +25,39 @@ def test_scores_text_prints_dice_and_synthesis_beside_the_baseline():
     )
     assert "WT 0.710, TC 0.460, ET 0.000" in text and "0.600" in text and "0.730" in text
     assert "TC -" not in scores_text(_m(Dice_TC=0.5)) and "ET -" in scores_text(_m(Dice_TC=0.5))
+
+
+def test_demo_refuses_a_folder_that_holds_no_demo_run(tmp_path, capsys):
+    from medmtl.cli import main
+
+    mine = tmp_path / "work"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    (mine / "scan.nii.gz").write_bytes(b"not yours")
+    rc = main(["demo", "--out", str(mine)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "holds no demo run" in err[0], err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt", "scan.nii.gz"]
+    assert (mine / "notes.txt").read_text() == "my notes"
+
+
+def test_demo_replaces_only_its_own_files_when_settings_change(tmp_path):
+    import json
+
+    from medmtl.demo import DEMO_STAMP, prepare_demo_folder
+
+    out = tmp_path / "demo"
+    prepare_demo_folder(out / "new", {"n_cases": 3})  # a new folder is made, ready to be written
+    assert (out / "new").is_dir()
+    (out / "new").rmdir()
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "case.nii.gz").write_bytes(b"phantom")
+    (out / DEMO_STAMP).write_text(json.dumps({"n_cases": 3}))
+    (out / "mine.txt").write_text("keep")
+    prepare_demo_folder(out, {"n_cases": 3})  # same settings: resumed, nothing removed
+    assert (out / "data" / "case.nii.gz").is_file()
+    prepare_demo_folder(out, {"n_cases": 4})  # other settings: the demo's files go, the user's stay
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    (out / DEMO_STAMP).write_text(json.dumps({"n_cases": 4}))
+    prepare_demo_folder(out, {"n_cases": 4}, fresh=True)
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]

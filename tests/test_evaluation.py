@@ -131,7 +131,7 @@ def test_evaluate_end_to_end(tmp_path, dataset):
 
     report = (out / "report.md").read_text()
     assert "| WT | 0.833" in report
-    assert "| t1c | brain | 1.000" in report
+    assert "| t1c (synthesised: not an input) | brain | 1.000" in report
     assert "`caseB`" in report
     assert "373.13 mm (the diagonal" in report  # the empty-mask HD95 is explained where it is shown
     for name in ("summary.png", "caseA.png"):
@@ -197,7 +197,7 @@ def test_grid_mismatch_names_the_file(tmp_path, dataset):
     pred2 = tmp_path / "pred2"
     _predict_case_a(pred2, seg_shape=(20, 20, 15))
     with pytest.raises(
-        ValueError, match=r"caseA_seg\.nii\.gz.*shape \(20, 20, 15\), expected \(20, 20, 16\)"
+        ValueError, match=r"caseA_seg\.nii\.gz.*shape \(20, 20, 15\) differs from \(20, 20, 16\)"
     ):
         evaluate(pred2, datalist, dataset_dir=root)
 

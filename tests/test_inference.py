@@ -430,13 +430,39 @@ def test_bad_files_are_reported_by_name(capsys, tiny_bundle, phantom_cases, tmp_
     assert_no_output(out)
 
 
-def test_existing_outputs_need_overwrite(capsys, cli_out, tiny_bundle, phantom_cases, tmp_path) -> None:
+def test_rerun_over_case_folders_skips_finished_cases(
+    capsys, cli_out, tiny_bundle, phantom_cases, tmp_path
+) -> None:
+    # As for a datalist: an interrupted cohort of case folders resumes, --overwrite redoes the cases.
     out = Path(shutil.copytree(cli_out, tmp_path / "pred"))
     before = mtimes(out)
-    case = phantom_cases["brats2023"]
-    rc, _, err = infer(capsys, case, "--bundle", tiny_bundle, "--out", out)
-    assert_user_error(rc, err, f"{case.name}_seg.nii.gz", "--overwrite")
+    cases = list(phantom_cases.values())
+    rc, stdout, err = infer(capsys, *cases, "--bundle", tiny_bundle, "--out", out)
+    assert rc == 0 and "0 case(s) to run" in stdout, err
     assert mtimes(out) == before
+    time.sleep(0.01)
+    rc, stdout, _ = infer(capsys, cases[0], "--bundle", tiny_bundle, "--out", out, "--overwrite")
+    assert rc == 0 and "1 case(s) to run" in stdout
+    changed = {name for name, t in mtimes(out).items() if t != before[name]}
+    assert changed == {p.name for p in output_paths(out, cases[0].name, ["t1c"]).values()}
+
+
+def test_an_interrupted_case_is_redone_on_the_rerun(
+    capsys, cli_out, tiny_bundle, phantom_cases, tmp_path
+) -> None:
+    # Interrupted between its images and its sidecar: medmtl's own leftovers, redone without --overwrite.
+    out = Path(shutil.copytree(cli_out, tmp_path / "pred"))
+    case = phantom_cases["brats2023"]
+    (out / f"{case.name}.json").unlink()
+    before = mtimes(out)
+    time.sleep(0.01)
+    rc, stdout, err = infer(capsys, case, "--bundle", tiny_bundle, "--out", out)
+    assert rc == 0 and "1 case(s) to run" in stdout, err
+    now = mtimes(out)
+    assert (out / f"{case.name}.json").is_file()
+    assert {name for name in before if now[name] != before[name]} == {
+        p.name for p in output_paths(out, case.name, ["t1c"]).values() if p.name in before
+    }
 
 
 def _assert_unwritable_output_refused(capsys, bundle: Path, case: Path, out: Path) -> None:

@@ -230,3 +230,10 @@ def test_real_label_maps_regions_and_round_trip(brats_dir) -> None:
         assert np.array_equal(np.asarray(label_to_regions(converted, other)), regions.numpy().astype(bool))
         assert np.array_equal(np.asarray(convert_convention(converted, other, convention)), label)
     assert seen == {"brats2021", "brats2023"}, f"real cases cover {seen}"
+
+
+def test_the_output_convention_fallback_is_one_rule():
+    from medmtl.conventions import writable_convention
+
+    assert writable_convention("brats2021") == "brats2021"
+    assert writable_convention("msd") == "brats2023" and writable_convention(None) == "brats2023"

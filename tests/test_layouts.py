@@ -184,6 +184,10 @@ def test_symlinked_case_folders_are_followed_once(tmp_path):
         ("UPENN-GBM-00006_11_T1GD", ("UPENN-GBM-00006_11", "_", "t1c")),
         ("UPENN-GBM-00006_11_SEG", ("UPENN-GBM-00006_11", "_", "seg")),
         ("case7_t2-flair", ("case7", "_", "t2f")),
+        ("sub-01_ce-gadolinium_T1w", ("sub-01", "_", "t1c")),
+        ("sub-01_ses-02_ce-gd_T1w", ("sub-01_ses-02", "_", "t1c")),
+        ("sub-01_ses-02_T1w", ("sub-01_ses-02", "_", "t1n")),
+        ("sub-01_FLAIR", ("sub-01", "_", "t2f")),
         ("BRATS_001", None),
         ("case_brainmask", None),
         ("t1", None),
@@ -196,3 +200,31 @@ def test_split_case_file(stem, expected):
 def test_identify_unknown_ids_are_their_own_patient():
     assert identify("my_case_3", "brats2023") == ("brats2023", "my_case_3", None)
     assert identify("BraTS-MEN-00100-002", "x") == ("brats2023", "BraTS-MEN-00100", "002")
+
+
+def test_bids_names_are_one_case_with_post_contrast_t1_as_t1c(tmp_path):
+    names = {"t1c": "ce-gadolinium_T1w", "t1n": "T1w", "t2w": "T2w", "t2f": "FLAIR"}
+    for token in names.values():
+        _nii(tmp_path / "sub-01" / "anat" / f"sub-01_{token}.nii.gz")
+    found = discover(tmp_path)
+    assert len(found.cases) == 1 and found.ignored == []
+    case = found.cases[0]
+    assert case.case_id == "sub-01" and case.layout == "bids"
+    assert case.images == {c: f"sub-01/anat/sub-01_{t}.nii.gz" for c, t in names.items()}
+    assert case.images["t1c"].endswith("ce-gadolinium_T1w.nii.gz")
+
+
+def test_medmtl_outputs_in_a_case_folder_are_not_cases(tmp_path):
+    from medmtl.io import output_paths
+
+    files = _case(tmp_path, "BraTS-GLI-00000-000", "brats2023")
+    folder = tmp_path / "BraTS-GLI-00000-000"
+    written = output_paths(folder, "BraTS-GLI-00000-000", ["t1c"])
+    for key, path in written.items():
+        if key != "sidecar":
+            _nii(path)
+    sidecar = {"case_id": "BraTS-GLI-00000-000", "medmtl_version": "0.1.0", "synthesised": ["t1c"]}
+    written["sidecar"].write_text(json.dumps(sidecar))
+    found = discover(tmp_path)
+    assert [c.case_id for c in found.cases] == ["BraTS-GLI-00000-000"] and found.ignored == []
+    assert found.cases[0].label == f"BraTS-GLI-00000-000/{files['seg']}"

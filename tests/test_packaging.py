@@ -60,6 +60,14 @@ def installed(tmp_path_factory) -> Path:
     return target
 
 
+def run_installed(installed: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m medmtl.cli ARGS`` with only the installed package on the path, run in ``cwd``."""
+    env = dict(os.environ, PYTHONPATH=str(installed), OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "medmtl.cli", *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
+
+
 def test_installed_package_infers_with_its_own_bundle(installed, phantom_cases, tmp_path) -> None:
     env = dict(os.environ, PYTHONPATH=str(installed), OMP_NUM_THREADS="1")
     where = subprocess.run(
@@ -80,13 +88,7 @@ def test_installed_package_infers_with_its_own_bundle(installed, phantom_cases, 
     )
     case = phantom_cases["brats2023"]
     out = tmp_path / "pred"
-    run = subprocess.run(
-        [sys.executable, "-m", "medmtl.cli", "infer", str(case), "--out", str(out)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    run = run_installed(installed, tmp_path, "infer", str(case), "--out", str(out))
     assert run.returncode == 0, run.stderr[-2000:]
     sidecar = json.loads((out / f"{case.name}.json").read_text())
     assert sidecar["weights"] == "model.pt" and (out / f"{case.name}_seg.nii.gz").is_file()
@@ -112,3 +114,62 @@ def test_every_submodule_is_reachable_from_bundle_configs() -> None:
     names |= {p.parent.name for p in (REPO / "medmtl").glob("*/__init__.py")}
     missing = sorted(n for n in names if not hasattr(medmtl, n))
     assert not missing, f"medmtl.<name> fails for {missing}: add them to medmtl._SUBMODULES"
+
+
+def test_installed_package_inpaints_with_its_shipped_local_weights(
+    installed, phantom_cases, tmp_path
+) -> None:
+    """`medmtl inpaint` finds the shipped local-synthesis weights in an installed package, run elsewhere."""
+    import nibabel as nib
+    import numpy as np
+    from scipy import ndimage
+
+    case = phantom_cases["brats2023"]
+    t1n = nib.load(str(next(case.glob("*-t1n.nii.gz"))))
+    label = np.asanyarray(nib.load(str(next(case.glob("*-seg.nii.gz")))).dataobj) > 0
+    healthy = ndimage.binary_erosion(np.asanyarray(t1n.dataobj) != 0, iterations=2)
+    healthy &= ~ndimage.binary_dilation(label, iterations=3)
+    centre = np.argwhere(healthy)[len(np.argwhere(healthy)) // 2]
+    mask = np.zeros(healthy.shape, np.uint8)
+    mask[tuple(slice(max(0, i - 1), i + 2) for i in centre)] = 1
+    mask &= healthy.astype(np.uint8)
+    nib.save(nib.Nifti1Image(mask, t1n.affine), str(tmp_path / "mask.nii.gz"))
+    out = tmp_path / "inpainted"
+    run = run_installed(installed, tmp_path, "inpaint", str(case), "--mask", "mask.nii.gz", "--out", str(out))
+    assert run.returncode == 0, run.stderr[-2000:]
+    sidecar = json.loads((out / f"{case.name}_inpaint.json").read_text())
+    assert Path(sidecar["model"]).is_relative_to(installed), sidecar["model"]
+
+
+def _imports(path: Path) -> list[str]:
+    """Modules a source file imports (``medmtl:NAME`` for ``from medmtl import NAME``)."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found += [f"medmtl:{a.name}" for a in node.names] if node.module == "medmtl" else [node.module]
+    return found
+
+
+def test_dependencies_run_one_way() -> None:
+    """No library module imports the CLI or the package's face; inference does not import export;
+    data_prep uses only medmtl's leaf tables."""
+    leaf_tables = {"medmtl.contrasts", "medmtl.labels", "medmtl.io"}
+    wrong = []
+    for path in sorted((REPO / "medmtl").rglob("*.py")) + sorted((REPO / "data_prep").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        if rel in ("medmtl/__init__.py", "medmtl/cli.py") or rel.startswith("medmtl/commands/"):
+            continue
+        for mod in _imports(path):
+            if mod == "medmtl" or mod.startswith("medmtl:"):
+                wrong.append(f"{rel}: the package's __init__ ({mod})")
+            elif mod == "medmtl.cli" or mod.startswith("medmtl.commands"):
+                wrong.append(f"{rel}: the command line ({mod})")
+            elif rel.startswith("medmtl/inference/") and mod.startswith("medmtl.export"):
+                wrong.append(f"{rel}: export (export builds on inference)")
+            elif rel.startswith("data_prep/") and mod.startswith("medmtl") and mod not in leaf_tables:
+                wrong.append(f"{rel}: {mod} (data_prep uses only {sorted(leaf_tables)})")
+    assert not wrong, wrong

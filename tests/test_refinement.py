@@ -81,7 +81,7 @@ def test_a_refined_bundle_infers_at_the_scan_grid(bundle_factory, phantom_cases,
     case = phantom_cases["brats2023"]
     t1c = next(case.glob("*-t1c.nii.gz"))
     out = tmp_path / "pred"
-    rc = main(["infer", str(case), "--bundle", str(bundle), "--out", str(out)])
+    rc = main(["infer", str(case), "--bundle", str(bundle), "--out", str(out), "--restorations"])
     assert rc == 0, capsys.readouterr().err
     seg = nib.load(out / f"{case.name}_seg.nii.gz")
     src = nib.load(t1c)

@@ -157,3 +157,32 @@ def test_case_figure_prints_the_scores_under_the_case_id(tmp_path):
     scored = imread(case_figure(tmp_path / "b.png", LPS, scores="Dice TC 0.81 WT 0.90", **kw))
     # The score line takes a second title line: the figure grows and its top differs.
     assert scored.shape[0] > plain.shape[0] or not np.array_equal(scored[:40], plain[:40])
+
+
+def test_a_long_case_figure_title_wraps_instead_of_being_cut():
+    from medmtl.report import TITLE_WIDTH, figure_title
+
+    scores = (
+        "Dice TC 0.81 WT 0.90 ET 0.70 | t1n SSIM 0.62 (copy 0.37) | t1c SSIM 0.55 (copy 0.40) | t2w SSIM 0.7"
+    )
+    text = figure_title("BraTS-GLI-00000-000-with-a-very-long-name-that-goes-on-and-on-and-on-and-on", scores)
+    lines = text.splitlines()
+    assert len(lines) > 2 and all(len(line) <= TITLE_WIDTH for line in lines), lines
+    assert "t1n SSIM 0.62 (copy 0.37)" in text  # score parts kept whole
+    assert figure_title("case", "Dice TC 0.81") == "case\nDice TC 0.81"
+
+
+def test_summary_figure_shows_negative_scores():
+    from medmtl.report import score_range
+
+    assert score_range([[0.2, 0.9], [0.5]]) == (0.0, 1.02)
+    bottom, top = score_range([[0.3, -0.2], []])
+    assert bottom < -0.2 and top == 1.02
+
+
+def test_the_synthesis_table_says_which_contrasts_were_inputs():
+    from medmtl.evaluation import _role
+
+    assert _role("t1c", {"t1c_input": {"mean": 0.0}}) == "t1c (synthesised: not an input)"
+    assert _role("t1n", {"t1n_input": {"mean": 1.0}}) == "t1n (restoration: an input)"
+    assert "50%" in _role("t2w", {"t2w_input": {"mean": 0.5}})

@@ -194,3 +194,15 @@ def test_a_bad_label_file_does_not_block_inference(phantom_cases, tmp_path):
         entry = case_entry(case)
     assert "label" not in entry and len(entry["image"]) == 4
     assert entry["label_convention"] == "brats2021"  # from the layout
+
+
+def test_weights_are_checked_without_reading_them_twice(tmp_path, monkeypatch):
+    """The up-front check maps the weights file (zip format) instead of loading it a second time."""
+    from medmtl.bundle_config import check_weights
+
+    torch.save({"w": torch.zeros(4)}, tmp_path / "model.pt")
+    seen = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: seen.append(kw.get("mmap")) or real(*a, **kw))
+    check_weights(tmp_path / "model.pt")
+    assert seen == [True]

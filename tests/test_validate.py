@@ -212,3 +212,40 @@ def test_several_problems_are_all_reported(tmp_path):
 )
 def test_resolve_convention(values, layout, declared, expected):
     assert resolve_convention(values, layout, declared) == expected
+
+
+def test_one_grid_tolerance_everywhere(tmp_path):
+    """A case's files, a prediction and a local-synthesis mask are held to the same affine tolerance."""
+    from medmtl.io import AFFINE_ATOL_MM, grid_mismatch
+    from medmtl.local_synthesis import _check_mask
+
+    ref_affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    ref_affine[:3, 3] = 120.0  # far from the origin: a relative tolerance would widen the check here
+    off = ref_affine.copy()
+    off[0, 3] += 2 * AFFINE_ATOL_MM
+    assert grid_mismatch((4, 4, 4), ref_affine, (4, 4, 4), ref_affine) is None
+    assert "affine differs by up to 0.002 mm" in grid_mismatch((4, 4, 4), off, (4, 4, 4), ref_affine)
+    assert "shape (4, 4, 3) differs from (4, 4, 4)" == grid_mismatch(
+        (4, 4, 3), ref_affine, (4, 4, 4), ref_affine
+    )
+    ref = nib.Nifti1Image(np.ones((4, 4, 4), np.float32), ref_affine)
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), off), str(tmp_path / "mask.nii.gz"))
+    with pytest.raises(ValueError, match="affine differs by up to"):
+        _check_mask(tmp_path / "mask.nii.gz", ref, "region mask")
+
+
+def test_both_nifti_writers_keep_the_reference_codes(tmp_path):
+    from medmtl.io import write_nifti, write_nifti_group
+
+    ref = nib.Nifti1Image(np.ones((3, 3, 3), np.float32), np.eye(4))
+    ref.header.set_qform(np.eye(4), code=2)
+    ref.header.set_sform(np.eye(4), code=2)
+    write_nifti(tmp_path / "one.nii.gz", np.zeros((3, 3, 3)), np.eye(4), np.uint8, header=ref.header)
+    write_nifti_group(
+        {tmp_path / "two.nii.gz": (np.zeros((3, 3, 3)), np.uint8, None)}, ref, tmp_path / "two.json", {}
+    )
+    for name in ("one.nii.gz", "two.nii.gz"):
+        hdr = nib.load(str(tmp_path / name)).header
+        assert (int(hdr["qform_code"]), int(hdr["sform_code"])) == (2, 2), name
+    plain = write_nifti(tmp_path / "three.nii.gz", np.zeros((3, 3, 3)), np.eye(4), np.uint8)
+    assert int(nib.load(str(plain)).header["sform_code"]) == 1

@@ -25,7 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="bundle folder (default: shipped)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="redo finished cases (a rerun skips them otherwise)"
+    )
+    parser.add_argument(
+        "--restorations",
+        action="store_true",
+        help="also write synthesised versions of the contrasts a case has (default: only missing ones)",
+    )
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation (4 passes)")
     parser.add_argument("--probabilities", action="store_true", help="also write region probabilities")
     parser.add_argument("--regions", action="store_true", help="write TC/WT/ET region masks, not a label map")

@@ -9,7 +9,9 @@ Modules, in the order a case goes through them:
 
 - :mod:`~medmtl.inference.cases`: case folders, loose files and datalists, checked up front;
 - :mod:`~medmtl.inference.engine`: flip TTA, the prediction splitter, cohort progress;
+- :mod:`~medmtl.inference.exported`: an exported (TorchScript / ONNX) network in place of the weights;
 - :mod:`~medmtl.inference.postprocessing`: small components, the BraTS ET rule;
+- :mod:`~medmtl.inference.input_checks`: inputs outside what the model knows, said per case;
 - :mod:`~medmtl.inference.outputs`: the files of a case, written whole or not at all;
 - :mod:`~medmtl.inference.api`: :func:`load_model` and ``predict``;
 - :mod:`~medmtl.inference.cli`: ``medmtl infer``.
@@ -36,6 +38,11 @@ _EXPORTS: dict[str, str] = {
     "WriteCaseOutputsd": "outputs",
     "case_outputs": "outputs",
     "check_output_dir": "outputs",
+    "check_replaceable": "outputs",
+    "written_contrasts": "outputs",
+    "input_findings": "input_checks",
+    "inference_overrides": "exported",
+    "load_exported": "exported",
     "existing_outputs": "outputs",
     "is_done": "outputs",
     "output_paths": "outputs",
@@ -50,7 +57,7 @@ _EXPORTS: dict[str, str] = {
 }
 _FROM_BUNDLE_CONFIG = ("DEFAULT_BUNDLE", "check_weights", "model_info", "read_model_config", "shipped_bundle")
 
-_SUBMODULES = ("api", "cases", "cli", "engine", "outputs", "postprocessing")
+_SUBMODULES = ("api", "cases", "cli", "engine", "exported", "input_checks", "outputs", "postprocessing")
 
 __all__ = sorted([*_EXPORTS, *_FROM_BUNDLE_CONFIG])
 

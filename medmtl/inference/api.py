@@ -19,7 +19,7 @@ from medmtl.contrasts import canonical
 from medmtl.inference.cases import case_entry, check_cases
 from medmtl.inference.outputs import _source_reference, case_outputs
 from medmtl.inference.postprocessing import region_thresholds
-from medmtl.labels import OUTPUT_CONVENTIONS, regions_to_label
+from medmtl.labels import OUTPUT_CONVENTIONS, regions_to_label, writable_convention
 
 
 @dataclass
@@ -131,8 +131,7 @@ class MultiTaskModel:
                 raise type(err)(msg.replace(tmp, "<arrays>")) from None
             if copies:
                 entry["convention_source"] = "default for arrays"
-            conv = convention or entry.get("label_convention") or "brats2023"
-            conv = conv if conv in OUTPUT_CONVENTIONS else "brats2023"
+            conv = writable_convention(convention or entry.get("label_convention"))
             entry["label_convention"] = conv
             entry.pop("label", None)
             data = self.preprocessing(entry)

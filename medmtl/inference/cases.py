@@ -172,7 +172,10 @@ def case_entry(case: str | os.PathLike | Mapping[str, Any], case_id: str | None 
                 "-t1n/-t1c/-t2w/-t2f, UPENN-GBM _T1/_T1GD/_T2/_FLAIR, MSD imagesTr)"
             )
         if len(cases) > 1:
-            raise ValueError(f"{folder} holds {len(cases)} cases; give one case folder or a datalist")
+            where = "; ".join(f"{c.case_id} in {Path(c.root) / c.folder} ({c.layout})" for c in cases)
+            raise ValueError(
+                f"{folder} holds {len(cases)} cases ({where}); give one case folder or a datalist"
+            )
         found, root = cases[0], Path(cases[0].root)
     report = validate_case(found, allow_missing=True)
     if not report.ok and found.label is not None:
@@ -227,7 +230,8 @@ def files_layout(paths: Iterable[str]) -> tuple[Any, str]:
         the BraTS 2023 layout and ``"default (file names name no release)"`` with a warning when the
         names do not agree on one release.
     """
-    from data_prep.layouts import LAYOUTS, layout_of, split_case_file, strip_nifti_suffix
+    from data_prep.layouts import LAYOUTS, layout_of, split_case_file
+    from medmtl.io import strip_nifti_suffix
 
     found = set()
     for path in paths:
@@ -249,9 +253,9 @@ def files_layout(paths: Iterable[str]) -> tuple[Any, str]:
 
 
 def _stem_id(path: str) -> str:
-    name = Path(path).name
-    for ext in (".nii.gz", ".nii"):
-        name = name.removesuffix(ext)
+    from medmtl.io import strip_nifti_suffix
+
+    name = strip_nifti_suffix(Path(path).name) or Path(path).name
     for sep in ("_", "-"):
         if sep in name:
             return name.rsplit(sep, 1)[0]

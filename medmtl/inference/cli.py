@@ -18,7 +18,7 @@ from medmtl.contrasts import CONTRASTS, canonical
 from medmtl.datalist import datalist_root
 from medmtl.engine_logs import quiet_inference_logs
 from medmtl.inference.cases import case_entry, check_cases, datalist_cases, shard
-from medmtl.inference.outputs import check_output_dir, existing_outputs, pending_cases
+from medmtl.inference.outputs import check_output_dir, check_replaceable, existing_outputs, pending_cases
 
 
 def check_device(name: str, option: str = "--device") -> str:
@@ -72,12 +72,14 @@ def check_options(args: argparse.Namespace) -> None:
             raise ValueError(f"--{opt.replace('_', '-')} {ml}: expected a volume >= 0 (ml)")
 
 
-#: Errors a user can act on; the CLI reports them in one line.
+#: Errors a user can act on; the CLI reports them in one line. OSError covers what the system refuses
+#: (a full disk, a read-only folder: :class:`medmtl.io.OutputWriteError` names the file).
 USER_ERRORS: tuple[type[BaseException], ...] = (
     FileNotFoundError,
     FileExistsError,
     PermissionError,
     ValueError,
+    OSError,
 )
 
 
@@ -103,17 +105,33 @@ def user_error(err: BaseException) -> BaseException | None:
     return None
 
 
+def found_in(entry: dict[str, Any]) -> str:
+    """Where a case was found, for the console: its folder(s) and the contrasts found there.
+
+    Args:
+        entry: an entry of :func:`medmtl.inference.cases.case_entry`.
+
+    Returns:
+        e.g. ``/data/case1 (t1n, t2w, t2f)``.
+    """
+    files = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
+    folders = sorted({str(Path(f).parent) for f in files})
+    return f"{', '.join(folders)} ({', '.join(entry.get('contrasts') or [])})"
+
+
 def bundle_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Config overrides from CLI arguments (shared by ``medmtl infer`` and the demo)."""
     ov: dict[str, Any] = {"output_dir": str(Path(args.out).resolve())}
     if getattr(args, "exported", None):
-        from medmtl.export import inference_overrides
+        from medmtl.inference.exported import inference_overrides
 
         if not Path(args.exported).is_file():
             raise FileNotFoundError(f"exported model {args.exported} does not exist")
         ov.update(inference_overrides(args.exported))
     if getattr(args, "overwrite", False):
         ov["overwrite"] = True
+    if getattr(args, "restorations", False):
+        ov["restorations"] = True
     if getattr(args, "tta", False):
         ov["tta"] = True
     if getattr(args, "probabilities", False):
@@ -160,14 +178,14 @@ def cli_main(args: argparse.Namespace) -> int:
     targets = [canonical(c) for c in model["target_contrasts"]]
     out = check_output_dir(args.out)
     ov = bundle_overrides(args)
+    restorations = bool(getattr(args, "restorations", False))
+    inputs = model["input_contrasts"]
     if args.datalist:
         entries = datalist_cases(args.datalist, args.dataset_dir, args.section)
         ov["datalist"] = str(Path(args.datalist).resolve())
         # The root the datalist records (else its own folder) unless given: never the bundle's default.
         ov["dataset_dir"] = str(datalist_root(args.datalist, args.dataset_dir))
         ov["section"] = args.section
-        # Finished cases are skipped (a cohort run resumes); only the rest is checked.
-        entries = pending_cases(shard(entries), out, targets, args.overwrite)
     else:
         entries = [case_entry(c) for c in args.cases]
         if explicit:
@@ -175,14 +193,14 @@ def cli_main(args: argparse.Namespace) -> int:
         ids = [e["case_id"] for e in entries]
         if len(set(ids)) != len(ids):
             raise ValueError(f"two inputs share a case id: {ids}")
+        for e in entries:
+            print(f"medmtl infer: case {e['case_id']}: {found_in(e)}", flush=True)
         ov["cases"] = entries
-    check_cases(entries, model["input_contrasts"], bool(model["input_mask"]))
-    if not args.overwrite:
-        existing = existing_outputs(entries, out, targets)
-        if existing:
-            raise FileExistsError(
-                f"{len(existing)} output file(s) exist, e.g. {existing[0]}; use --overwrite to replace them"
-            )
+    # Finished cases are skipped (a rerun resumes, for case folders as for datalists); only the rest
+    # is checked.
+    entries = pending_cases(shard(entries), out, targets, args.overwrite, restorations, inputs)
+    check_cases(entries, inputs, bool(model["input_mask"]))
+    check_replaceable(existing_outputs(entries, out, targets, restorations, inputs), out)
     quiet = nullcontext() if getattr(args, "verbose", False) else quiet_inference_logs()
     try:
         with quiet:

@@ -13,11 +13,21 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform
 
-from medmtl.contrasts import canonical
+from medmtl.contrasts import CONTRASTS, canonical
+from medmtl.inference.input_checks import input_findings
 from medmtl.inference.postprocessing import region_thresholds, remove_small_components, small_et_to_netc
 from medmtl.intensity import check_landmarks, standardise_synth
-from medmtl.io import write_nifti_group
-from medmtl.labels import OUTPUT_CONVENTIONS, REGIONS, regions_to_label
+from medmtl.io import (
+    SIDECAR_OUTPUTS,
+    medmtl_outputs,
+    output_description,
+    output_paths,
+    probability_path,
+    strip_nifti_suffix,
+    write_nifti_group,
+    written_by_medmtl,
+)
+from medmtl.labels import REGIONS, regions_to_label, writable_convention
 from medmtl.transforms import SOURCE_MASK_KEY
 
 INTENSITY_SPACE = "zscore_nonzero"
@@ -29,59 +39,117 @@ INTENSITY_NOTE_STANDARDISED = (
 logger = logging.getLogger("medmtl.inference")
 
 
-def output_paths(out_dir: str | os.PathLike, case_id: str, targets: Sequence[str]) -> dict[str, Path]:
-    """The files inference writes for one case.
+def written_contrasts(
+    targets: Sequence[str], acquired: Sequence[str] | None, restorations: bool = False
+) -> list[str]:
+    """The synthesised contrasts written for a case: those it lacks, or every target with ``restorations``.
+
+    Args:
+        targets: the model's synthesised contrasts.
+        acquired: the contrasts the case has (None: unknown, every target is written).
+        restorations: also write the synthesised versions of the acquired contrasts.
+
+    Returns:
+        Canonical names, in the order of ``targets``.
+    """
+    have = set() if restorations or acquired is None else {canonical(c) for c in acquired}
+    return [canonical(c) for c in targets if canonical(c) not in have]
+
+
+def entry_output_paths(
+    entry: Mapping[str, Any],
+    out_dir: str | os.PathLike,
+    targets: Sequence[str],
+    restorations: bool = False,
+    inputs: Sequence[str] | None = None,
+) -> dict[str, Path]:
+    """The files inference writes for one case entry (see :func:`output_paths`, :func:`written_contrasts`).
+
+    Args:
+        entry: the case's entry (``case_id``, ``contrasts``).
+        out_dir: output folder.
+        targets: the model's synthesised contrasts.
+        restorations: the run writes the synthesised acquired contrasts too.
+        inputs: the model's input contrasts (a contrast the model does not read counts as lacking).
+    """
+    # an entry that names no contrasts holds all four, in canonical order (as the transforms read it)
+    acquired = list(entry.get("contrasts") or CONTRASTS)
+    if inputs is not None:
+        model_inputs = {canonical(c) for c in inputs}
+        acquired = [c for c in acquired if canonical(c) in model_inputs]
+    written = written_contrasts(targets, acquired, restorations)
+    return output_paths(out_dir, str(entry["case_id"]), written)
+
+
+def is_done(
+    out_dir: str | os.PathLike,
+    case_id: str,
+    targets: Sequence[str],
+    entry: Mapping[str, Any] | None = None,
+    restorations: bool = False,
+    inputs: Sequence[str] | None = None,
+) -> bool:
+    """Whether every output of a case exists (a killed cohort run resumes after these).
 
     Args:
         out_dir: output folder.
         case_id: case identifier.
-        targets: synthesised contrasts.
-
-    Returns:
-        ``{"seg": ..., "<contrast>": ..., "sidecar": ...}``; the sidecar is written last and marks a
-        finished case.
+        targets: the model's synthesised contrasts.
+        entry: the case's entry; its ``contrasts`` decide which synthesised files are expected.
+        restorations: whether the run writes the synthesised acquired contrasts too.
+        inputs: the model's input contrasts.
     """
-    out = Path(out_dir)
-    paths = {"seg": out / f"{case_id}_seg.nii.gz"}
-    for c in targets:
-        paths[c] = out / f"{case_id}_{canonical(c)}_synth.nii.gz"
-    paths["sidecar"] = out / f"{case_id}.json"
-    return paths
-
-
-def is_done(out_dir: str | os.PathLike, case_id: str, targets: Sequence[str]) -> bool:
-    """Whether every output of a case exists (a killed cohort run resumes after these)."""
-    return all(p.exists() for p in output_paths(out_dir, case_id, targets).values())
+    paths = (
+        entry_output_paths({**entry, "case_id": case_id}, out_dir, targets, restorations, inputs)
+        if entry is not None
+        else output_paths(out_dir, case_id, targets)
+    )
+    return all(p.exists() for p in paths.values())
 
 
 def pending_cases(
-    entries: Sequence[dict], out_dir: str | os.PathLike, targets: Sequence[str], overwrite: bool = False
+    entries: Sequence[dict],
+    out_dir: str | os.PathLike,
+    targets: Sequence[str],
+    overwrite: bool = False,
+    restorations: bool = False,
+    inputs: Sequence[str] | None = None,
 ) -> list[dict]:
-    """Datalist entries whose outputs are not all there yet (all of them when ``overwrite``).
+    """Entries whose outputs are not all there yet (all of them when ``overwrite``).
+
+    Case folders and datalists alike: a rerun of the same command resumes after the finished cases.
 
     Args:
-        entries: datalist entries with ``case_id``.
+        entries: entries with ``case_id`` (and ``contrasts``).
         out_dir: output folder.
-        targets: synthesised contrasts.
+        targets: the model's synthesised contrasts.
         overwrite: redo finished cases.
+        restorations: the run writes the synthesised acquired contrasts too.
+        inputs: the model's input contrasts.
 
     Returns:
         The entries still to run.
     """
     if overwrite:
         return list(entries)
-    return [e for e in entries if not is_done(out_dir, str(e["case_id"]), targets)]
+    return [e for e in entries if not is_done(out_dir, str(e["case_id"]), targets, e, restorations, inputs)]
 
 
 def existing_outputs(
-    entries: Sequence[dict], out_dir: str | os.PathLike, targets: Sequence[str]
+    entries: Sequence[dict],
+    out_dir: str | os.PathLike,
+    targets: Sequence[str],
+    restorations: bool = False,
+    inputs: Sequence[str] | None = None,
 ) -> list[str]:
     """Output files of these cases that already exist in ``out_dir``.
 
     Args:
-        entries: entries with ``case_id``.
+        entries: entries with ``case_id`` (and ``contrasts``).
         out_dir: output folder.
-        targets: synthesised contrasts.
+        targets: the model's synthesised contrasts.
+        restorations: the run writes the synthesised acquired contrasts too.
+        inputs: the model's input contrasts.
 
     Returns:
         The existing paths.
@@ -89,9 +157,36 @@ def existing_outputs(
     return [
         str(p)
         for e in entries
-        for p in output_paths(out_dir, str(e["case_id"]), targets).values()
+        for p in entry_output_paths(e, out_dir, targets, restorations, inputs).values()
         if p.exists()
     ]
+
+
+def check_replaceable(existing: Sequence[str], out_dir: str | os.PathLike) -> None:
+    """Refuse to replace an existing file that medmtl did not write.
+
+    A file is medmtl's when a medmtl sidecar in ``out_dir`` lists it (:func:`medmtl.io.medmtl_outputs`)
+    or its NIfTI header marks it as a medmtl output (:func:`medmtl.io.written_by_medmtl`): the outputs
+    of an unfinished case (one interrupted between its files and its sidecar) are redone, finished
+    cases are skipped unless ``--overwrite`` (see :func:`pending_cases`). Anything else (a case's own
+    label map, another tool's output) is never replaced.
+
+    Args:
+        existing: output paths of the cases about to be written that exist already.
+        out_dir: the output folder.
+
+    Raises:
+        FileExistsError: naming the first file in the way and what to do.
+    """
+    if not existing:
+        return
+    own = medmtl_outputs(out_dir)
+    foreign = [p for p in existing if Path(p).name not in own and not written_by_medmtl(p)]
+    if foreign:
+        raise FileExistsError(
+            f"{foreign[0]} exists and medmtl did not write it (no medmtl sidecar lists it); medmtl never "
+            "replaces such files: choose another --out"
+        )
 
 
 def check_output_dir(out_dir: str | os.PathLike) -> Path:
@@ -200,7 +295,8 @@ class WriteCaseOutputsd(MapTransform):
         output_convention: force this convention (``brats2021``/``brats2023``) instead of the input's.
         write_probabilities: also write ``<case>_prob.nii.gz`` (TC, WT, ET probabilities, float32).
         write_regions: write the seg as region masks (TC, WT, ET as a 4D uint8) instead of a label map.
-        overwrite: replace existing outputs.
+        overwrite: the run redoes finished cases (which cases run is decided by :func:`pending_cases`;
+            the writer replaces only files medmtl wrote, see :func:`check_replaceable`).
         model_info: extra fields for the sidecar (model name, version, ...).
         threshold: probability threshold of the regions: one for all, or one per region (TC, WT, ET;
             the model config's ``thresholds``, chosen on validation cases).
@@ -208,6 +304,8 @@ class WriteCaseOutputsd(MapTransform):
         et_min_ml: a predicted ET smaller than this many ml becomes NETC (0: keep every ET).
         synth_landmarks: intensity landmarks the synthesised contrasts are standardised to (the
             model config's ``synth_landmarks``); None writes the network's z-scores unchanged.
+        restorations: also write the synthesised versions of the contrasts a case has (by default
+            only the contrasts it lacks are written).
     """
 
     def __init__(
@@ -225,8 +323,10 @@ class WriteCaseOutputsd(MapTransform):
         min_component_ml: float = 0.0,
         et_min_ml: float = 0.0,
         synth_landmarks: Mapping[str, Any] | None = None,
+        restorations: bool = False,
     ) -> None:
         super().__init__(keys=["seg"], allow_missing_keys=True)
+        self.restorations = bool(restorations)
         check_landmarks(synth_landmarks)
         self.thresholds = region_thresholds(threshold).ravel().tolist()
         self.synth_landmarks = synth_landmarks
@@ -244,9 +344,7 @@ class WriteCaseOutputsd(MapTransform):
     def _case_id(self, d: Mapping[Hashable, Any], source: str) -> str:
         if d.get("case_id"):
             return str(d["case_id"])
-        name = Path(source).name
-        for ext in (".nii.gz", ".nii"):
-            name = name.removesuffix(ext)
+        name = strip_nifti_suffix(Path(source).name) or Path(source).name
         return name.rsplit("_", 1)[0] if "_" in name else name.rsplit("-", 1)[0]
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -254,15 +352,14 @@ class WriteCaseOutputsd(MapTransform):
         source = _source_reference(d)
         ref = nib.load(source)
         case_id = self._case_id(d, source)
-        paths = output_paths(self.out_dir, case_id, self.targets if "synth" in d else [])
-        if not self.overwrite:
-            existing = [str(p) for p in paths.values() if p.exists()]
-            if existing:
-                raise FileExistsError(
-                    f"outputs exist for case {case_id}: {existing}; use overwrite to replace"
-                )
-        conv = self.output_convention or d.get("convention") or self.default_convention
-        conv = conv if conv in OUTPUT_CONVENTIONS else "brats2023"
+        mask = _as_list(d.get("channel_mask"), len(self.inputs))
+        acquired = [c for c, a in zip(self.inputs, mask) if a]
+        written = written_contrasts(self.targets, acquired, self.restorations) if "synth" in d else []
+        paths = output_paths(self.out_dir, case_id, written)
+        if self.write_probabilities:
+            paths["prob"] = probability_path(self.out_dir, case_id)
+        check_replaceable([str(p) for p in paths.values() if p.exists()], self.out_dir)
+        conv = writable_convention(self.output_convention or d.get("convention") or self.default_convention)
         shape = tuple(ref.shape[:3])
         if tuple(d["seg"].shape[1:]) != shape:
             raise ValueError(
@@ -284,10 +381,9 @@ class WriteCaseOutputsd(MapTransform):
             arrays["seg"] = (np.moveaxis(regions, 0, -1), np.uint8)
         else:
             arrays["seg"] = (regions_to_label(regions, conv)[0], np.uint8)
-        for c, img in synth.items():
-            arrays[c] = (img, np.float32)
+        for c in written:
+            arrays[c] = (synth[c], np.float32)
         if self.write_probabilities:
-            paths["prob"] = self.out_dir / f"{case_id}_prob.nii.gz"
             arrays["prob"] = (np.moveaxis(prob, 0, -1), np.float32)
 
         if d.get("unusable"):
@@ -296,6 +392,9 @@ class WriteCaseOutputsd(MapTransform):
                 case_id,
                 d["unusable"],
             )
+        findings, lines = input_findings(case_id, _output_mask(d), acquired)
+        for line in lines:
+            logger.warning(line)
         sidecar = {
             "case_id": case_id,
             "source": source,
@@ -306,14 +405,13 @@ class WriteCaseOutputsd(MapTransform):
             "seg_format": "regions TC,WT,ET (4D)" if self.write_regions else "BraTS label map",
             "regions": list(REGIONS),
             "thresholds": dict(zip(REGIONS, (round(t, 4) for t in self.thresholds))),
-            "contrasts_used": [
-                c for c, a in zip(self.inputs, _as_list(d.get("channel_mask"), len(self.inputs))) if a
-            ],
-            "contrasts_missing": [
-                c for c, a in zip(self.inputs, _as_list(d.get("channel_mask"), len(self.inputs))) if not a
-            ],
+            "contrasts_used": acquired,
+            "contrasts_missing": [c for c in self.inputs if c not in acquired],
             "contrasts_unusable": [c for c in str(d.get("unusable") or "").split(",") if c],
-            "synthesised": self.targets if "synth" in d else [],
+            "synthesised": written,
+            "restorations": [c for c in written if c in acquired],
+            **findings,
+            SIDECAR_OUTPUTS: {k: v.name for k, v in paths.items() if k != "sidecar"},
             "intensity_space": INTENSITY_SPACE,
             "intensity_note": INTENSITY_NOTE_STANDARDISED if self.synth_landmarks else INTENSITY_NOTE,
             "shape": list(shape),
@@ -328,7 +426,8 @@ class WriteCaseOutputsd(MapTransform):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         files = {}
         for name, (arr, dtype) in arrays.items():
-            descrip = None if name in ("seg", "prob") else f"medmtl synth {name} {INTENSITY_SPACE}"
+            detail = "" if name in ("seg", "prob") else f"synth {INTENSITY_SPACE}"
+            descrip = output_description(name, detail)
             files[paths[name]] = (arr, dtype, descrip)
         write_nifti_group(files, ref, paths["sidecar"], sidecar)
 
