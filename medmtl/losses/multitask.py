@@ -146,8 +146,9 @@ class MultiTaskLoss(nn.Module):
         n_labelled = logits.shape[0] if keep is None else int(keep.sum())
         if n_labelled == 0:
             # No sample has a label: a zero that still reaches every logit, so each rank of a
-            # distributed run and every optimiser sees the same graph, with zero gradients.
-            return sum((t.sum() for t in ds), logits.sum()) * 0.0, 0
+            # distributed run and every optimiser sees the same graph, with zero gradients (+ 0.0 makes
+            # the -0.0 of a negative sum a plain 0 in the logs).
+            return sum((t.sum() for t in ds), logits.sum()) * 0.0 + 0.0, 0
         if keep is not None and n_labelled < logits.shape[0]:
             # Select the labelled samples (rather than weighting voxels) so that batch Dice counts
             # their voxels only, and MONAI's losses stay as they are.
