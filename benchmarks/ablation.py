@@ -414,7 +414,9 @@ def run_row(name: str, args: argparse.Namespace, out: Path, datalist: Path, meta
     from medmtl.training import parse_overrides
 
     dataset_dir = Path(args.dataset_dir).resolve()
-    heldout = load_datalist(datalist, dataset_dir, section="training", folds=[args.val_fold])
+    heldout = load_datalist(
+        datalist, dataset_dir, section="training", folds=[args.val_fold], labelled_only=True
+    )
     run_dir = out / name
     n_train = ROWS[name][3]
     if args.rescore:
@@ -507,7 +509,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     datalist = Path(args.datalist).resolve() if args.datalist else out / "datalist.json"
     if not args.datalist and not datalist.is_file():
         prepare(dataset_dir, datalist, folds=args.folds, seed=args.seed)
-    heldout = load_datalist(datalist, dataset_dir, section="training", folds=[args.val_fold])
+    heldout = load_datalist(
+        datalist, dataset_dir, section="training", folds=[args.val_fold], labelled_only=True
+    )
     train_cases = load_datalist(datalist, dataset_dir, section="training", exclude_folds=[args.val_fold])
     meta = {
         "epochs": args.epochs,

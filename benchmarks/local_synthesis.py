@@ -217,7 +217,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bundle = Path(args.bundle).resolve()
-    entries = load_datalist(args.datalist, args.dataset_dir, section="training", folds=[args.fold])
+    entries = load_datalist(
+        args.datalist, args.dataset_dir, section="training", folds=[args.fold], labelled_only=True
+    )
     rows, drawn = [], []
     with tempfile.TemporaryDirectory(prefix="medmtl_local_eval_") as tmp:
         for entry in entries:

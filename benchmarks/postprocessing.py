@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--fold", type=int, default=0, help="fold of the scored cases")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     args = p.parse_args(argv)
-    entries = load_datalist(args.datalist, section="training", folds=[args.fold])
+    entries = load_datalist(args.datalist, section="training", folds=[args.fold], labelled_only=True)
     missing = [e["case_id"] for e in entries if not (args.pred / f"{e['case_id']}_seg.nii.gz").is_file()]
     if missing:
         p.error(f"{args.pred}: no prediction for {missing}")

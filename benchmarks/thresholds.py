@@ -234,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--apply", type=Path, metavar="BUNDLE", help="write the chosen thresholds into this bundle"
     )
     args = p.parse_args(argv)
-    entries = load_datalist(args.datalist, section="training", folds=[args.fold])
+    entries = load_datalist(args.datalist, section="training", folds=[args.fold], labelled_only=True)
     scenarios = {_scenario_name(d): d for d in args.pred}
     if len(scenarios) != len(args.pred):
         p.error(f"--pred folders must have distinct names, got {[str(d) for d in args.pred]}")

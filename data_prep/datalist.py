@@ -2,8 +2,10 @@
 
 ``medmtl prepare DATA_DIR --out datalist.json`` writes a MONAI / Decathlon-style datalist whose paths
 are relative to DATA_DIR: labelled cases in ``training`` (each with its patient-grouped ``fold``),
-cases without a label map in ``testing``, and bad cases in ``skipped`` with the reason. A report
-(``datalist.report.json``) is written beside it. Both files are written whole or not at all.
+cases without a label map in ``testing`` (or, with ``--unlabelled train``, in ``training`` without a
+``label``: unlabelled studies that train the synthesis loss only), and bad cases in ``skipped`` with
+the reason. A report (``datalist.report.json``) is written beside it. Both files are written whole or
+not at all.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,9 @@ from data_prep.validate import CaseReport, Problem, validate_case
 from medmtl.contrasts import CONTRASTS
 from medmtl.io import write_json
 from medmtl.labels import REGIONS, check_convention
+
+#: Where ``medmtl prepare`` puts cases without a label map: inference-only, or unlabelled training.
+UNLABELLED_PLACES: tuple[str, ...] = ("test", "train")
 
 
 class DatasetValidationError(ValueError):
@@ -76,17 +81,54 @@ def assign_folds(patient_ids: Sequence[str], folds: int, seed: int = 0) -> list[
             f"cannot make {folds} folds from {len(groups)} patients ({len(patient_ids)} labelled cases); "
             f"use --folds {max(len(groups), 1)} or fewer"
         )
+    out = [0] * len(patient_ids)
+    for pid, fold in _balanced_folds(groups, folds, seed).items():
+        for i in groups[pid]:
+            out[i] = fold
+    return out
+
+
+def _balanced_folds(groups: dict[str, list[int]], folds: int, seed: int) -> dict[str, int]:
+    # Patients shuffled with the seed, largest group first, each to the fold holding fewest cases.
     patients = sorted(groups)
     shuffled = [patients[i] for i in np.random.default_rng(seed).permutation(len(patients))]
     shuffled.sort(key=lambda p: len(groups[p]), reverse=True)  # stable: the shuffle breaks ties
     sizes = [0] * folds
-    out = [0] * len(patient_ids)
+    fold_of = {}
     for pid in shuffled:
         fold = sizes.index(min(sizes))
         sizes[fold] += len(groups[pid])
-        for i in groups[pid]:
-            out[i] = fold
-    return out
+        fold_of[pid] = fold
+    return fold_of
+
+
+def assign_unlabelled_folds(
+    patient_ids: Sequence[str], labelled_folds: Mapping[str, int], folds: int, seed: int = 0
+) -> list[int]:
+    """Folds of unlabelled training studies, grouped by patient with the labelled cases.
+
+    A study of a patient who also has a labelled case goes to that case's fold, so no patient is in
+    both the training and the validation side of a split. The other patients are spread over the folds
+    as :func:`assign_folds` does, among themselves, so the folds of the labelled cases are the same
+    with or without the unlabelled studies.
+
+    Args:
+        patient_ids: the patient of each unlabelled study.
+        labelled_folds: fold of each patient that has labelled cases.
+        folds: number of folds (at least 1); fewer new patients than folds is allowed.
+        seed: shuffling seed.
+
+    Returns:
+        The fold of each study, in input order.
+    """
+    if folds < 1:
+        raise ValueError(f"folds must be at least 1, got {folds}")
+    groups: dict[str, list[int]] = {}
+    for i, pid in enumerate(patient_ids):
+        if pid not in labelled_folds:
+            groups.setdefault(pid, []).append(i)
+    fold_of = {**_balanced_folds(groups, folds, seed), **labelled_folds}
+    return [int(fold_of[pid]) for pid in patient_ids]
 
 
 def case_entry(case: Case, report: CaseReport, fold: int | None = None) -> dict[str, Any]:
@@ -164,8 +206,15 @@ def prepare(
     allow_missing: bool = False,
     workers: int = 1,
     progress: bool = False,
+    unlabelled: str = "test",
 ) -> dict[str, Any]:
     """Discover, validate and list the cases under ``data_dir``; write the datalist and its report.
+
+    Labelled and unlabelled studies may lie in the same folder or in sibling folders under it: a case
+    without a label map is unlabelled. By default it is an inference-only case (``testing``); with
+    ``unlabelled="train"`` it joins the ``training`` section without a ``label`` (and with a fold,
+    grouped by patient with the labelled cases, :func:`assign_unlabelled_folds`), where it trains the
+    synthesis loss only.
 
     Args:
         data_dir: the dataset folder (any depth; see :mod:`data_prep.layouts` for the layouts).
@@ -179,6 +228,8 @@ def prepare(
         allow_missing: keep cases that lack some contrasts (listed under ``missing``) instead of skipping.
         workers: threads reading files in parallel.
         progress: show a progress bar on stderr (when it is a terminal).
+        unlabelled: where cases without a label map go: ``"test"`` (the ``testing`` section) or
+            ``"train"`` (the ``training`` section, as unlabelled studies).
 
     Returns:
         The report (also written to :func:`report_path`): counts per dataset, conventions, folds,
@@ -186,10 +237,14 @@ def prepare(
 
     Raises:
         FileNotFoundError: if ``data_dir`` is not a folder.
-        ValueError: if no case is found, no case is usable, or the folds cannot be made.
+        ValueError: if no case is found, no case is usable, the folds cannot be made, or ``unlabelled``
+            is unknown.
         DatasetValidationError: in strict mode, when any case has a problem.
     """
     start = time.perf_counter()
+    if unlabelled not in UNLABELLED_PLACES:
+        raise ValueError(f"unlabelled must be one of {list(UNLABELLED_PLACES)}, got {unlabelled!r}")
+    train_unlabelled = unlabelled == "train"
     if convention is not None:
         check_convention(convention)
     out_path = Path(out)
@@ -210,21 +265,24 @@ def prepare(
     good = [r for r in reports if r.ok]
     bad = [r for r in reports if not r.ok]
     labelled = [r for r in good if r.case.labelled]
-    unlabelled = [r for r in good if not r.case.labelled]
+    unlabelled_cases = [r for r in good if not r.case.labelled]
 
     datasets: dict[str, Counter] = {}
+    unlabelled_kind = "unlabelled" if train_unlabelled else "inference_only"
     for rep in reports:
-        kind = "skipped" if not rep.ok else ("labelled" if rep.case.labelled else "inference_only")
+        kind = "skipped" if not rep.ok else ("labelled" if rep.case.labelled else unlabelled_kind)
         datasets.setdefault(rep.case.dataset, Counter())[kind] += 1
     report: dict[str, Any] = {
         "data_dir": str(root),
         "datalist": str(out_path),
         "found": len(reports),
-        "training": len(labelled),
-        "testing": len(unlabelled),
+        "training": len(labelled) + (len(unlabelled_cases) if train_unlabelled else 0),
+        "unlabelled_training": len(unlabelled_cases) if train_unlabelled else 0,
+        "testing": 0 if train_unlabelled else len(unlabelled_cases),
         "skipped": len(bad),
+        "unlabelled": unlabelled,
         "datasets": {
-            name: {k: c[k] for k in ("labelled", "inference_only", "skipped")}
+            name: {k: c[k] for k in ("labelled", "unlabelled", "inference_only", "skipped")}
             for name, c in sorted(datasets.items())
         },
         "conventions": dict(sorted(Counter(r.convention for r in labelled).items())),
@@ -233,6 +291,7 @@ def prepare(
         "folds": folds,
         "seed": seed,
         "fold_sizes": {},
+        "unlabelled_fold_sizes": {},
         "skipped_cases": [_skipped(r) for r in bad],
         "warnings": [
             {"case_id": r.case.case_id, "file": w.file, "reason": w.reason}
@@ -266,6 +325,15 @@ def prepare(
             f"usable: {err}{skipped}"
         ) from None
     report["fold_sizes"] = {str(f): fold_of.count(f) for f in range(folds)} if labelled else {}
+    training = [case_entry(r.case, r, f) for r, f in zip(labelled, fold_of)]
+    testing = [case_entry(r.case, r) for r in unlabelled_cases]
+    if train_unlabelled:
+        known = {r.case.patient_id: f for r, f in zip(labelled, fold_of)}
+        extra = assign_unlabelled_folds([r.case.patient_id for r in unlabelled_cases], known, folds, seed)
+        training += [case_entry(r.case, r, f) for r, f in zip(unlabelled_cases, extra)]
+        testing = []
+        if unlabelled_cases:
+            report["unlabelled_fold_sizes"] = {str(f): extra.count(f) for f in range(folds)}
     datalist = {
         "name": found.names[0] if found.names else root.name,
         "dataset_dir": str(root),
@@ -273,8 +341,8 @@ def prepare(
         "regions": list(REGIONS),
         "folds": folds,
         "seed": seed,
-        "training": [case_entry(r.case, r, f) for r, f in zip(labelled, fold_of)],
-        "testing": [case_entry(r.case, r) for r in unlabelled],
+        "training": training,
+        "testing": testing,
         "skipped": [_skipped(r) for r in bad],
     }
     report["seconds"] = round(time.perf_counter() - start, 2)
@@ -301,14 +369,23 @@ def format_summary(report: dict[str, Any]) -> str:
     Returns:
         Several lines of text.
     """
+    n_unlabelled = report.get("unlabelled_training", 0)
+    as_training = report.get("unlabelled") == "train"
+    unlabelled = f"{n_unlabelled} unlabelled (training, synthesis loss only), " if as_training else ""
     lines = [
-        f"{report['data_dir']}: {report['found']} cases found, {report['training']} labelled (training), "
+        f"{report['data_dir']}: {report['found']} cases found, "
+        f"{report['training'] - n_unlabelled} labelled (training), {unlabelled}"
         f"{report['testing']} inference-only (testing), {report['skipped']} skipped "
         f"[{report['seconds']:.1f} s]",
-        f"  {'dataset':<16}{'labelled':>10}{'inference-only':>16}{'skipped':>9}",
     ]
+    # The unlabelled column only where unlabelled studies train; otherwise they are inference-only.
+    kinds = ["labelled", "unlabelled", "inference_only", "skipped"]
+    if not as_training:
+        kinds.remove("unlabelled")
+    widths = {"labelled": 10, "unlabelled": 12, "inference_only": 16, "skipped": 9}
+    lines.append(f"  {'dataset':<16}" + "".join(f"{k.replace('_', '-'):>{widths[k]}}" for k in kinds))
     for name, c in report["datasets"].items():
-        lines.append(f"  {name:<16}{c['labelled']:>10}{c['inference_only']:>16}{c['skipped']:>9}")
+        lines.append(f"  {name:<16}" + "".join(f"{c.get(k, 0):>{widths[k]}}" for k in kinds))
     if report["conventions"]:
         conv = ", ".join(f"{k} {v}" for k, v in report["conventions"].items())
         src = ", ".join(f"{k} {v}" for k, v in report["convention_sources"].items())
@@ -316,6 +393,9 @@ def format_summary(report: dict[str, Any]) -> str:
     if report["fold_sizes"]:
         sizes = " ".join(f"{k}:{v}" for k, v in report["fold_sizes"].items())
         lines.append(f"  folds (seed {report['seed']}), cases per fold: {sizes}")
+    if report.get("unlabelled_fold_sizes"):
+        sizes = " ".join(f"{k}:{v}" for k, v in report["unlabelled_fold_sizes"].items())
+        lines.append(f"  unlabelled studies per fold (grouped by patient with the labelled): {sizes}")
     for s in report["skipped_cases"]:
         lines.append(f"  skipped {s['case_id']}: {s['reason']}")
     for w in report["warnings"]:
@@ -347,6 +427,7 @@ def cli_main(args: argparse.Namespace) -> int:
             allow_missing=args.allow_missing,
             workers=args.workers,
             progress=True,
+            unlabelled=getattr(args, "unlabelled", "test"),
         )
     except DatasetValidationError as err:
         print(f"medmtl prepare: error: {err}", file=sys.stderr)
@@ -356,8 +437,10 @@ def cli_main(args: argparse.Namespace) -> int:
 
 
 __all__ = [
+    "UNLABELLED_PLACES",
     "DatasetValidationError",
     "assign_folds",
+    "assign_unlabelled_folds",
     "case_entry",
     "cli_main",
     "format_summary",

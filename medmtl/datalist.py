@@ -9,12 +9,15 @@ files it was not meant to.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from medmtl.contrasts import CONTRASTS, canonical_list
+
+logger = logging.getLogger("medmtl.datalist")
 
 #: sections of a datalist a command can run on (``all``: training then testing)
 DATALIST_SECTIONS: tuple[str, ...] = ("all", "training", "testing")
@@ -107,12 +110,36 @@ def _fold_set(folds: Iterable[int] | int | None) -> set[int] | None:
     return {int(folds)} if isinstance(folds, int) else {int(f) for f in folds}
 
 
+def labelled_entries(entries: Iterable[Mapping[str, Any]], what: str = "cases") -> list[dict[str, Any]]:
+    """The entries that have a ``label``, saying in a log line how many unlabelled ones were left out.
+
+    Validation, model selection and anything that reads label maps (lesion donors) need labelled cases;
+    the training section may also hold unlabelled studies (``medmtl prepare --unlabelled train``).
+
+    Args:
+        entries: datalist entries.
+        what: what the entries are, for the log line (e.g. ``"validation cases"``).
+
+    Returns:
+        Copies of the entries with a non-empty ``label``, in their order.
+    """
+    entries = list(entries)
+    kept = [dict(e) for e in entries if e.get("label")]
+    if len(kept) < len(entries):
+        logger.info(
+            "%d of %d %s have no label and are left out (only labelled cases are used here)",
+            len(entries) - len(kept), len(entries), what,
+        )  # fmt: skip
+    return kept
+
+
 def load_datalist(
     path: str | os.PathLike,
     dataset_dir: str | os.PathLike | None = None,
     section: str = "training",
     folds: Iterable[int] | int | None = None,
     exclude_folds: Iterable[int] | int | None = None,
+    labelled_only: bool = False,
 ) -> list[dict[str, Any]]:
     """Load one section of a datalist with every path made absolute and checked.
 
@@ -120,9 +147,12 @@ def load_datalist(
         path: the datalist JSON.
         dataset_dir: folder the relative paths are resolved against; defaults to the ``dataset_dir``
             recorded in the file, else the datalist's own folder.
-        section: ``"training"`` (labelled cases) or ``"testing"`` (inference-only cases).
+        section: ``"training"`` (labelled cases, and unlabelled studies that train the synthesis
+            loss only) or ``"testing"`` (inference-only cases).
         folds: keep only these folds (e.g. ``[0]`` for the validation cases of fold 0).
         exclude_folds: drop these folds (e.g. ``[0]`` for the training cases of fold 0).
+        labelled_only: keep only the entries with a ``label`` (validation and model selection), with a
+            log line when some were left out (:func:`labelled_entries`).
 
     Returns:
         Copies of the section's entries, each path key (see :data:`PATH_KEYS`) replaced by an absolute
@@ -132,7 +162,7 @@ def load_datalist(
     Raises:
         FileNotFoundError: if the datalist or the dataset folder does not exist.
         ValueError: on invalid JSON, an unknown section, a path outside the dataset folder, folds asked of
-            a section without folds, or a fold selection that leaves no case.
+            a section without folds, or a fold selection (or ``labelled_only``) that leaves no case.
     """
     path = Path(path)
     doc = read_datalist(path)
@@ -162,6 +192,15 @@ def load_datalist(
             raise ValueError(
                 f"datalist {path}: no {section} case left with folds={sorted(keep or [])} "
                 f"exclude_folds={sorted(drop or [])} (folds present: {available})"
+            )
+
+    if labelled_only:
+        where = f"{section} cases" + (f" in folds {sorted(keep)}" if keep is not None else "")
+        entries = labelled_entries(entries, f"{where} of {path.name}")
+        if not entries:
+            raise ValueError(
+                f"datalist {path}: no labelled {where}; validation and model selection need cases with a "
+                "'label'"
             )
 
     base = _dataset_dir(doc, path, dataset_dir)
@@ -198,4 +237,4 @@ def canonical_channel_order(entry: Mapping[str, Any]) -> list[int]:
     return [order.index(c) for c in CONTRASTS if c in order]
 
 
-__all__ = ["PATH_KEYS", "SECTIONS", "canonical_channel_order", "load_datalist"]
+__all__ = ["PATH_KEYS", "SECTIONS", "canonical_channel_order", "labelled_entries", "load_datalist"]

@@ -30,8 +30,9 @@ class MultiTaskPrepareBatch(PrepareBatch):
 
     ``SupervisedTrainer`` / ``SupervisedEvaluator`` call ``network(inputs, **kwargs)`` and
     ``loss_function(pred, targets)``; the targets are ``{"seg", "synth", "brain_mask"}`` (and the
-    per-contrast ``synth_weight`` when the pipeline writes it) so that
-    :class:`medmtl.losses.MultiTaskLoss` sees every task at once.
+    per-contrast ``synth_weight`` and the per-sample ``has_label`` when the pipeline writes them) so
+    that :class:`medmtl.losses.MultiTaskLoss` sees every task at once, and leaves the unlabelled
+    samples of a batch out of the segmentation loss.
 
     Args:
         use_channel_mask: pass ``channel_mask`` (B, C) to the network (models built with input_mask).
@@ -61,6 +62,7 @@ class MultiTaskPrepareBatch(PrepareBatch):
             ("synth_target", "synth"),
             (self.loss_mask_key, "brain_mask"),
             ("synth_weight", "synth_weight"),
+            ("has_label", "has_label"),
         )
         for src, dst in pairs:
             if src in batchdata and isinstance(batchdata[src], torch.Tensor):

@@ -10,6 +10,7 @@ Data flow of one case (keys as in DESIGN.md)::
       -> BrainMaskd                                "brain_mask": voxels where any contrast is non-zero
       -> LabelToRegionsd                           label -> (TC, WT, ET)
       -> NormalizeIntensityd(nonzero, channel-wise) z-score inside the brain, 0 outside
+      -> (train) LabelPresenced                    "has_label"; an empty label for an unlabelled study
       -> CropForegroundd                           crop to the brain
       -> SplitTaskd                                "image" = input contrasts, "synth_target" = targets,
                                                    "channel_mask" = which inputs are real
@@ -54,7 +55,7 @@ from monai.transforms import (
 )
 
 from medmtl.contrasts import CONTRASTS, canonical_list
-from medmtl.labels import LabelToRegionsd
+from medmtl.labels import REGIONS, LabelToRegionsd
 from medmtl.lesion_augment import RandSyntheticLesiond
 
 #: The default task: synthesise T1 post-contrast from the non-contrast scans, and segment.
@@ -400,6 +401,71 @@ class RegionClassesd(MapTransform):
         return d
 
 
+class LabelPresenced(MapTransform):
+    """Mark whether a case is labelled; give an unlabelled case an empty region label.
+
+    A datalist entry without a ``label`` is an unlabelled study: it trains the synthesis loss only.
+    This writes ``has_label`` (1.0 or 0.0), which :class:`medmtl.losses.MultiTaskLoss` uses to
+    leave the sample out of the segmentation loss, and for an unlabelled case a zero ``(3, ...)``
+    region volume on the brain mask's grid (placed before the crop to the brain), so that the spatial
+    transforms treat both kinds alike and labelled and unlabelled samples collate into one batch.
+
+    Args:
+        keys: the region label key (``label``, channels TC, WT, ET).
+        flag_key: output key of the flag.
+        like_key: key whose grid (and meta data) the empty label takes (the brain mask).
+    """
+
+    def __init__(
+        self, keys: KeysCollection = "label", flag_key: str = "has_label", like_key: str = "brain_mask"
+    ) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.flag_key, self.like_key = flag_key, like_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.keys:
+            labelled = d.get(key) is not None
+            d[self.flag_key] = torch.tensor(1.0 if labelled else 0.0)
+            if not labelled:
+                like = d[self.like_key]
+                zeros = torch.zeros((len(REGIONS), *like.shape[1:]), dtype=torch.float32)
+                # The same meta keys as a loaded label (both come from the image files), or batches
+                # mixing labelled and unlabelled cases would not collate.
+                d[key] = MetaTensor(zeros, meta=dict(like.meta)) if isinstance(like, MetaTensor) else zeros
+        return d
+
+
+class UnlabelledCropCentresd(MapTransform):
+    """Draw the patch centres of an unlabelled case from the whole brain, whatever the class ratios.
+
+    Placed after :class:`monai.transforms.ClassesToIndicesd` on the :class:`RegionClassesd` map: an
+    unlabelled case (``has_label`` 0) has an empty label, so all its brain voxels are healthy (class
+    0) and the tumour classes have no voxel; ratios that exclude healthy brain (e.g. ``(0, 0, 0, 1)``)
+    would then leave no class to draw from. Every class is given the brain's voxels instead, so
+    ``RandCropByLabelClassesd`` falls back to brain-foreground crops for such a case.
+
+    Args:
+        keys: the cached per-class indices (``crop_classes_cls_indices``).
+        flag_key: the labelled flag written by :class:`LabelPresenced`.
+    """
+
+    def __init__(
+        self, keys: KeysCollection = "crop_classes_cls_indices", flag_key: str = "has_label"
+    ) -> None:
+        super().__init__(keys)
+        self.flag_key = flag_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if float(d.get(self.flag_key, 1.0)) > 0:
+            return d
+        for key in self.key_iterator(d):
+            brain = d[key][0]  # class 0 of an empty label, inside the brain mask: the whole brain
+            d[key] = [brain] * len(d[key])
+        return d
+
+
 def _load_and_canonicalise(
     keys: Sequence[str],
     spacing: Sequence[float] | None,
@@ -440,6 +506,7 @@ def brain_crop_transforms(
     spacing: Sequence[float] | None = (1.0, 1.0, 1.0),
     allow_missing_contrasts: bool = False,
     source_mask_key: str | None = None,
+    flag_unlabelled: bool = False,
 ) -> list:
     """The common start of every pipeline: load, canonicalise, resample, normalise, crop to the brain.
 
@@ -449,11 +516,16 @@ def brain_crop_transforms(
         spacing: voxel size in mm (None keeps the native grid).
         allow_missing_contrasts: zero-fill absent contrasts instead of raising.
         source_mask_key: also keep the brain mask in the scan's own voxels under this key.
+        flag_unlabelled: accept cases without ``label`` (unlabelled studies, in training): write
+            ``has_label`` and give such a case an empty label (:class:`LabelPresenced`).
 
     Returns:
         A list of MONAI transforms (to extend and wrap in ``Compose``).
     """
     xforms = _load_and_canonicalise(list(keys), spacing, allow_missing_contrasts, source_mask_key)
+    if flag_unlabelled and "label" in keys:
+        # Before the crop, so that an empty label is cropped with the brain like a loaded one.
+        xforms.append(LabelPresenced(keys="label"))
     crop = CropForegroundd(keys=[*keys, "brain_mask"], source_key="brain_mask", allow_smaller=True)
     return [*xforms, crop]
 
@@ -577,6 +649,11 @@ def train_transforms(
 ) -> Compose:
     """Training pipeline: load, canonicalise, normalise, crop to brain, sample patches, augment.
 
+    An entry without a ``label`` is an unlabelled study (:class:`LabelPresenced`): it gets an empty
+    label and ``has_label`` 0, so it trains the synthesis loss only, and its patches are centred
+    anywhere in the brain with either ``crop`` (``posneg`` finds no tumour voxel and draws brain
+    centres only; ``classes`` draws every class from the brain, :class:`UnlabelledCropCentresd`).
+
     Args:
         inputs: contrasts fed to the network.
         targets: contrasts to synthesise (empty for a seg-only model).
@@ -613,7 +690,8 @@ def train_transforms(
     )
     # The affine augmentation rotates a larger patch and crops it back: no empty corners.
     sample_size = [int(round(r * 1.25)) for r in roi_size] if augment == "nnunet" else list(roi_size)
-    xforms = brain_crop_transforms(keys, spacing)
+    # A case without a label (an unlabelled study) trains the synthesis loss only.
+    xforms = brain_crop_transforms(keys, spacing, flag_unlabelled=True)
     if synthetic_lesion_prob > 0:
         # Before the split, so the lesion is painted into every contrast, synthesis targets included.
         xforms.append(RandSyntheticLesiond(prob=synthetic_lesion_prob, donors=lesion_donors))
@@ -627,6 +705,7 @@ def train_transforms(
             ClassesToIndicesd(
                 keys="crop_classes", num_classes=4, image_key="brain_mask", image_threshold=0.5
             ),
+            UnlabelledCropCentresd(keys="crop_classes_cls_indices"),
             RandCropByLabelClassesd(
                 keys=patch_keys,
                 label_key="crop_classes",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import time
 from collections import Counter
@@ -15,7 +16,7 @@ import pytest
 from conftest import nonconstant_image as _image
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
-from data_prep.datalist import DatasetValidationError, assign_folds, prepare
+from data_prep.datalist import DatasetValidationError, assign_folds, prepare, report_path
 from medmtl.commands.prepare import add_arguments, main
 from medmtl.datalist import canonical_channel_order, load_datalist
 
@@ -106,7 +107,9 @@ def test_prepare_writes_relative_datalist_report_and_skips_bad_cases(dataset, tm
     assert "BraTS-GLI-00050-000-t2w.nii.gz: shape (6, 5, 3) differs" in skipped["reason"]
     assert len(skipped["files"]) == 5
     report = json.loads((tmp_path / "lists" / "datalist.report.json").read_text())
-    assert report["datasets"] == {"brats2023": {"labelled": 7, "inference_only": 1, "skipped": 1}}
+    assert report["datasets"] == {
+        "brats2023": {"labelled": 7, "unlabelled": 0, "inference_only": 1, "skipped": 1}
+    }
     assert report["conventions"] == {"brats2023": 7}
     assert sum(report["fold_sizes"].values()) == 7
     printed = capsys.readouterr().out
@@ -270,6 +273,54 @@ def test_load_datalist_fold_selection_and_base_folder(dataset, tmp_path):
         load_datalist(out, dataset_dir=moved, section="testing", folds=[0])
     with pytest.raises(ValueError, match="no section 'validation'"):
         load_datalist(out, dataset_dir=moved, section="validation")
+
+
+def test_prepare_unlabelled_train_puts_unlabelled_studies_in_training_folds(
+    dataset, tmp_path, capsys, caplog
+):
+    # labelled and unlabelled folders under one dataset folder; one unlabelled study is a later time
+    # point of labelled patient 3, one is a patient of its own (BraTS-GLI-00100 in val/)
+    _case2023(dataset / "unlabelled", "BraTS-GLI-00003-001", seg=False)
+    _case2023(dataset / "unlabelled", "BraTS-GLI-00200-000", seg=False)
+    default = tmp_path / "default.json"
+    prepare(dataset, default, folds=3)
+    assert {e["case_id"] for e in json.loads(default.read_text())["testing"]} == {
+        "BraTS-GLI-00100-000", "BraTS-GLI-00003-001", "BraTS-GLI-00200-000"
+    }  # fmt: skip
+
+    out = tmp_path / "with_unlabelled.json"
+    assert _run_cli(str(dataset), "--out", str(out), "--folds", "3", "--unlabelled", "train") == 0
+    doc = json.loads(out.read_text())
+    assert doc["testing"] == []
+    unlabelled = {e["case_id"]: e for e in doc["training"] if "label" not in e}
+    assert set(unlabelled) == {"BraTS-GLI-00100-000", "BraTS-GLI-00003-001", "BraTS-GLI-00200-000"}
+    folds = {e["case_id"]: e["fold"] for e in doc["training"]}
+    assert folds["BraTS-GLI-00003-001"] == folds["BraTS-GLI-00003-000"]  # grouped by patient
+    assert all(f in (0, 1, 2) for f in folds.values())
+    # the labelled cases keep the folds they have without the unlabelled studies
+    labelled = {e["case_id"]: e["fold"] for e in json.loads(default.read_text())["training"]}
+    assert {c: f for c, f in folds.items() if c not in unlabelled} == labelled
+    report = json.loads(report_path(out).read_text())
+    assert (report["training"], report["unlabelled_training"], report["testing"]) == (10, 3, 0)
+    counts = {"labelled": 7, "unlabelled": 3, "inference_only": 0, "skipped": 1}
+    assert report["datasets"]["brats2023"] == counts
+    assert sum(report["unlabelled_fold_sizes"].values()) == 3
+    printed = capsys.readouterr().out
+    assert "7 labelled (training), 3 unlabelled (training, synthesis loss only)" in printed, printed
+    assert "0 inference-only" in printed
+
+    # validation and model selection read the labelled cases of a fold only, and say what was left out
+    fold = folds["BraTS-GLI-00003-001"]
+    every = load_datalist(out, folds=[fold])
+    with caplog.at_level(logging.INFO, logger="medmtl.datalist"):
+        val = load_datalist(out, folds=[fold], labelled_only=True)
+    assert val and all(e.get("label") for e in val) and len(val) < len(every)
+    assert f"{len(every) - len(val)} of {len(every)} training cases in folds [{fold}]" in caplog.text
+    assert "have no label and are left out" in caplog.text
+    doc["training"] = [e for e in doc["training"] if "label" not in e]
+    out.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="no labelled training cases"):
+        load_datalist(out, labelled_only=True)
 
 
 @pytest.mark.parametrize(

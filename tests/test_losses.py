@@ -398,3 +398,65 @@ def test_network_output_dict_end_to_end():
     groups = net.parameter_groups()
     assert all(p.grad is None for p in groups["encoder"] + groups["vae"])
     assert all(p.grad is not None for p in groups["seg"] + groups["synth"])
+
+
+# ---------------------------------------------------------------- unlabelled studies
+def _mixed_net_and_batch():
+    from medmtl.networks import MultiTaskUNet
+
+    torch.manual_seed(0)
+    net = MultiTaskUNet(features=(4, 8, 16, 32), blocks_down=(1, 1, 1, 1), deep_supervision=True).train()
+    _, target = _batch(seed=1)
+    target["seg"][1] = 1.0  # whatever an unlabelled sample's (empty) label says must not count
+    target["has_label"] = torch.tensor([1.0, 0.0])
+    x = torch.randn(2, 3, 16, 16, 16, generator=torch.Generator().manual_seed(2))
+    return net, x, target
+
+
+def test_unlabelled_sample_gives_zero_seg_gradient_and_nonzero_synth_gradient():
+    net, x, target = _mixed_net_and_batch()
+    params = [p for p in net.parameters() if p.requires_grad]
+    loss = MultiTaskLoss()  # batch Dice, deep supervision on: both must leave the sample out
+
+    x = x.clone().requires_grad_(True)
+    terms = loss.terms(net(x), target)
+    assert loss.last["labelled"] == 0.5
+    seg_x, *seg_params = torch.autograd.grad(terms["seg"], [x, *params], retain_graph=True, allow_unused=True)
+    (gen_x,) = torch.autograd.grad(terms["gen"], [x])
+    # the unlabelled sample (index 1) has exactly no segmentation gradient, but a synthesis one
+    assert torch.count_nonzero(seg_x[1]) == 0 and torch.count_nonzero(seg_x[0]) > 0
+    assert gen_x[1].abs().sum() > 0
+
+    # the segmentation term and its gradients are those of the labelled sample alone
+    alone = {k: v[:1] for k, v in target.items() if k != "has_label"}
+    seg_alone = loss.terms(net(x.detach()[:1]), alone)["seg"]
+    grads_alone = torch.autograd.grad(seg_alone, params, allow_unused=True)
+    assert terms["seg"].item() == pytest.approx(seg_alone.item(), rel=1e-5)
+    for mixed, single in zip(seg_params, grads_alone):
+        if single is None:
+            assert mixed is None or torch.count_nonzero(mixed) == 0
+        else:
+            assert torch.allclose(mixed, single, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("weighting", ["fixed", "uncertainty"])
+def test_batch_of_unlabelled_samples_has_a_zero_seg_term_with_a_gradient_path(weighting):
+    pred, target = _batch()
+    target["has_label"] = torch.zeros(2)
+    loss = MultiTaskLoss(weighting=weighting)
+    terms = loss.terms(pred, target)
+    assert terms["seg"].item() == 0.0 and terms["seg"].requires_grad
+    assert loss.last["loss_seg"] == 0.0 and loss.last["labelled"] == 0.0
+    sum(terms.values()).backward()
+    # zero (not missing) gradients on the seg logits; learned weights are not pushed by the empty term
+    assert pred["seg"].grad is not None and torch.count_nonzero(pred["seg"].grad) == 0
+    assert pred["synth"].grad.abs().sum() > 0
+    if weighting == "uncertainty":
+        assert loss.weighting.log_vars["seg"].grad.item() == 0.0
+        assert loss.weighting.log_vars["gen"].grad.item() != 0.0
+    # a labelled batch with the flag set gives the loss of a batch without it
+    labelled = dict(target, has_label=torch.ones(2))
+    plain = {k: v for k, v in target.items() if k != "has_label"}
+    assert loss(pred, labelled).item() == pytest.approx(loss(pred, plain).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="one flag per sample"):
+        loss(pred, dict(target, has_label=torch.zeros(3)))

@@ -334,3 +334,39 @@ def test_refine_stage_trains_a_full_resolution_head_over_a_frozen_coarse_model(p
     # The coarse model is frozen: its weights come through bit for bit; the head learnt something.
     assert all(torch.equal(state[f"base.{k}"], v) for k, v in coarse_state.items())
     assert any(k.startswith("head.out") and v.abs().sum() > 0 for k, v in state.items())
+
+
+def test_unlabelled_studies_train_end_to_end_through_prepare_and_the_bundle(tmp_path):
+    from monai.bundle import ConfigParser
+
+    from data_prep.datalist import prepare
+    from data_prep.phantoms import write_phantoms
+
+    root = tmp_path / "data"
+    cases = write_phantoms(root, n=4, shape=(48, 48, 32), layout="brats2023", seed=3)
+    for case in cases[2:]:  # two studies without a label map
+        next(Path(case).glob("*-seg.nii.gz")).unlink()
+    datalist = root / "datalist.json"
+    report = prepare(root, datalist, folds=2, seed=0, unlabelled="train")
+    assert (report["training"], report["unlabelled_training"]) == (4, 2)
+    run_dir = tmp_path / "run"
+    # batch 2 of the two training cases (one labelled, one not): one mixed batch per epoch
+    out = _run(_train_cmd((root, datalist), run_dir, "plain", 1, {"batch_size": 2}))
+    log = out.stdout + out.stderr
+    assert (run_dir / "models" / "model.pt").is_file(), log[-3000:]
+    left_out = "1 of 2 training cases in folds [0] of datalist.json have no label and are left out"
+    assert left_out in log, log[-3000:]
+    assert re.search(r"loss_seg=[0-9.]+.*labelled=0\.5000", log), log[-3000:]  # both kinds in the batch
+    assert "val_mean_dice" in log  # validation ran on the labelled case
+    state = torch.load(latest_checkpoint(run_dir / "models"), map_location="cpu", weights_only=True)
+    assert state["trainer"]["iteration"] == 1
+
+    # stages without a synthesis loss train on the labelled cases only: an unlabelled study adds nothing
+    def entries(*configs: str) -> list[dict]:
+        parser = ConfigParser()
+        parser.read_config([str(BUNDLE / "configs" / c) for c in configs])
+        parser.update({"datalist": str(datalist), "dataset_dir": str(root)})
+        return parser.get_parsed_content("train#datalist_entries")
+
+    assert ["label" in e for e in entries("train.json", "seg_only.json")] == [True]
+    assert sorted("label" in e for e in entries("train.json")) == [False, True]

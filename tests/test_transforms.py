@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -330,6 +331,34 @@ def test_nnunet_augmentation_with_class_sampling_keeps_shapes_brain_and_centres_
         et_near_centre.append(float(p["label"][2, 6:10, 6:10, 6:10].sum() > 0))
     # ET-only ratios: (after rotation/scaling about the centre) ET lies at nearly every patch centre
     assert np.mean(et_near_centre) > 0.8
+
+
+@pytest.mark.parametrize(
+    "crop", [{"crop": "posneg", "pos": 1.0, "neg": 0.0}, {"crop": "classes", "class_ratios": (0, 0, 0, 1)}],
+    ids=["posneg", "classes"],
+)  # fmt: skip
+def test_unlabelled_case_falls_back_to_brain_crops_and_collates_with_labelled(phantom: Path, crop) -> None:
+    from monai.data import list_data_collate
+
+    # tumour-only centres: an unlabelled case has no tumour voxel, so its centres must come from the brain
+    pipe = train_transforms(
+        roi_size=(16, 16, 16), spacing=(2.0, 2.0, 2.0), num_samples=20, flip_prob=0.0, **crop
+    )
+    pipe.set_random_state(seed=0)
+    labelled = case_entry(phantom)
+    unlabelled = {k: v for k, v in labelled.items() if k != "label"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MONAI says it found no tumour voxel to centre on
+        patches = pipe(unlabelled)
+    for p in patches:
+        assert float(p["has_label"]) == 0.0
+        assert tuple(p["label"].shape) == (3, 16, 16, 16) and torch.count_nonzero(p["label"]) == 0
+        assert p["brain_mask"][0, 8, 8, 8] > 0  # centred in the brain
+    assert len({tuple(p["image"][0, 8, 8, 8:10].tolist()) for p in patches}) > 1  # not one fixed crop
+    (with_label,) = pipe(labelled)[:1]
+    assert float(with_label["has_label"]) == 1.0 and with_label["label"][1].sum() > 0  # on the tumour
+    batch = list_data_collate([with_label, patches[0]])
+    assert batch["has_label"].tolist() == [1.0, 0.0] and tuple(batch["label"].shape) == (2, 3, 16, 16, 16)
 
 
 def test_infer_pipeline_keeps_source_mask_and_handles_missing_contrasts(

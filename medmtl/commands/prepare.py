@@ -32,6 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-missing", action="store_true", help="keep cases lacking a contrast (default: skip them)"
     )
+    parser.add_argument(
+        "--unlabelled",
+        choices=["test", "train"],
+        default="test",
+        help="cases without a label map: 'test' lists them for inference only (default); 'train' adds them "
+        "to the training folds as unlabelled studies, which train the synthesis loss only",
+    )
     parser.add_argument("--workers", type=positive_int, default=1, help="threads reading files in parallel")
 
 

@@ -30,7 +30,10 @@ class MultiTaskLoss(nn.Module):
       targets ``target["seg"]`` (TC, WT, ET; sigmoid, multi-label). With ``pred["seg_ds"]`` (deep
       supervision) it is MONAI's ``DeepSupervisionLoss`` over the full-resolution and lower-resolution
       logits, the targets resized by nearest neighbour, level ``k`` weighted ``2**-k`` and the weights
-      normalised to sum 1, so ``L_seg`` keeps the scale of a single Dice + BCE.
+      normalised to sum 1, so ``L_seg`` keeps the scale of a single Dice + BCE. With
+      ``target["has_label"]`` (``(B,)``, 0 for an unlabelled study) it is computed over the labelled
+      samples only (batch Dice pools their voxels alone); with none labelled it is 0, its gradients
+      zero, and so is its weighted term. Unlabelled studies then train ``L_gen`` only.
     - ``L_gen``: ``gen_l1 * L1 + gen_ssim * (1 - SSIM)`` between ``pred["synth"]`` and
       ``target["synth"]``, counted over the brain only (``brain_masked``): L1 is a masked mean and SSIM
       the mean of MONAI's SSIM map over the brain (see :func:`medmtl.losses.synthesis.masked_ssim`).
@@ -108,6 +111,7 @@ class MultiTaskLoss(nn.Module):
                 spatial_dims=spatial_dims, in_channels=synth_channels, **dict(adversarial_kwargs or {})
             )
         self._last: dict[str, torch.Tensor] = {}
+        self._labelled_fraction: float | None = None
 
     # ------------------------------------------------------------------ pieces
     def _has_seg(self, pred: Mapping[str, Any], target: Mapping[str, Any]) -> bool:
@@ -116,21 +120,46 @@ class MultiTaskLoss(nn.Module):
     def _has_gen(self, pred: Mapping[str, Any], target: Mapping[str, Any]) -> bool:
         return self.l1 > 0 and "synth" in pred and "synth" in target
 
-    def _seg(self, pred: Mapping[str, Any], target: Mapping[str, Any]) -> torch.Tensor:
+    @staticmethod
+    def _labelled(target: Mapping[str, Any], batch: int) -> torch.Tensor | None:
+        # (B,) bool selection of the samples with a label; None when every sample has one.
+        flag = target.get("has_label")
+        if flag is None:
+            return None
+        keep = torch.as_tensor(flag).reshape(-1) > 0.5
+        if keep.numel() != batch:
+            raise ValueError(
+                f"target['has_label'] must hold one flag per sample ({batch}), found {list(flag.shape)}"
+            )
+        return keep
+
+    def _seg(self, pred: Mapping[str, Any], target: Mapping[str, Any]) -> tuple[torch.Tensor, int]:
         logits, regions = pred["seg"], target["seg"].to(pred["seg"].dtype)
         if logits.shape != regions.shape:
             raise ValueError(
                 f"pred['seg'] {list(logits.shape)} and target['seg'] {list(regions.shape)} differ: expected "
                 f"(B, {len(REGIONS)} regions {'/'.join(REGIONS)}, *S) for both"
             )
-        ds = pred.get("seg_ds")
+        ds = list(pred.get("seg_ds") or [])
+        keep = self._labelled(target, logits.shape[0])
+        keep = None if keep is None else keep.to(logits.device)
+        n_labelled = logits.shape[0] if keep is None else int(keep.sum())
+        if n_labelled == 0:
+            # No sample has a label: a zero that still reaches every logit, so each rank of a
+            # distributed run and every optimiser sees the same graph, with zero gradients (+ 0.0 makes
+            # the -0.0 of a negative sum a plain 0 in the logs).
+            return sum((t.sum() for t in ds), logits.sum()) * 0.0 + 0.0, 0
+        if keep is not None and n_labelled < logits.shape[0]:
+            # Select the labelled samples (rather than weighting voxels) so that batch Dice counts
+            # their voxels only, and MONAI's losses stay as they are.
+            logits, regions, ds = logits[keep], regions[keep], [t[keep] for t in ds]
         if not ds:
-            return self.seg_loss(logits, regions)
+            return self.seg_loss(logits, regions), n_labelled
         # seg_ds is coarsest first; DeepSupervisionLoss wants the full resolution first.
-        outputs = [logits, *reversed(list(ds))]
+        outputs = [logits, *reversed(ds)]
         weights = [0.5**k for k in range(len(outputs))]
         weights = [w / sum(weights) for w in weights]
-        return DeepSupervisionLoss(self.seg_loss, weights=weights)(outputs, regions)
+        return DeepSupervisionLoss(self.seg_loss, weights=weights)(outputs, regions), n_labelled
 
     def voxel_weight(self, target: Mapping[str, Any]) -> torch.Tensor | None:
         """The voxel weights of the synthesis loss: brain mask times ``1 + tumour_weight * WT``, times the
@@ -176,8 +205,8 @@ class MultiTaskLoss(nn.Module):
 
         Args:
             pred: network output dict.
-            target: ``{"seg": (B,3,...) regions, "synth": (B,S,...) contrasts, "brain_mask": (B,1,...)}``,
-                each optional.
+            target: ``{"seg": (B,3,...) regions, "synth": (B,S,...) contrasts, "brain_mask": (B,1,...),
+                "has_label": (B,) 1 labelled / 0 unlabelled}``, each optional.
 
         Returns:
             ``{"seg": L_seg, "gen": L_gen}``, each only when that task is active.
@@ -189,8 +218,11 @@ class MultiTaskLoss(nn.Module):
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         tasks: dict[str, torch.Tensor] = {}
         parts: dict[str, torch.Tensor] = {}
+        self._labelled_fraction: float | None = None
         if self._has_seg(pred, target):
-            tasks["seg"] = self._seg(pred, target)
+            tasks["seg"], n_labelled = self._seg(pred, target)
+            if "has_label" in target:
+                self._labelled_fraction = n_labelled / pred["seg"].shape[0]
         if self._has_gen(pred, target):
             weight = self.voxel_weight(target)
             components = self.gen_loss.components(pred["synth"], target["synth"], weight)
@@ -221,6 +253,10 @@ class MultiTaskLoss(nn.Module):
         """
         tasks, parts = self._compute(pred, target)
         out = self.weighting(tasks)
+        if self._labelled_fraction == 0.0:
+            # A batch of unlabelled studies says nothing about segmentation: its weighted term is 0,
+            # so a learned weight is not pushed either (uncertainty weighting adds ``+ s`` to it).
+            out["seg"] = out["seg"] * 0.0
         if "vae" in parts:
             out["vae"] = self.vae_weight * parts["vae"]
         if "adv" in parts:
@@ -229,6 +265,8 @@ class MultiTaskLoss(nn.Module):
         last = {f"loss_{k}": v.detach() for k, v in tasks.items()}
         last.update({f"weight_{k}": torch.tensor(weights[k]) for k in tasks})
         last.update({k if k.startswith("gen_") else f"loss_{k}": v.detach() for k, v in parts.items()})
+        if self._labelled_fraction is not None:
+            last["labelled"] = torch.tensor(self._labelled_fraction)
         last["total"] = sum(v.detach() for v in out.values())
         self._last = last
         return out
@@ -305,5 +343,6 @@ class MultiTaskLoss(nn.Module):
     @property
     def last(self) -> dict[str, float]:
         """Values of the last call, for logging: ``loss_<task>``, ``weight_<task>``, ``gen_l1``,
-        ``gen_ssim_loss``, ``loss_vae``, ``loss_adv`` (those computed) and ``total``."""
+        ``gen_ssim_loss``, ``loss_vae``, ``loss_adv`` (those computed), ``labelled`` (the fraction of
+        labelled samples, when the target says) and ``total``."""
         return {k: float(v) for k, v in self._last.items()}
