@@ -1,0 +1,180 @@
+"""``--preprocess`` on co-registered BraTS cases and on clinical-style studies made from them.
+
+For each case:
+
+- ``untouched``: the model on the case as released (skull-stripped, co-registered, 1 mm);
+- ``preprocess``: the same case through ``predict(..., preprocess=True)`` (already skull-stripped:
+  the brain mask is its non-zero voxels), and ``preprocess_hd_bet`` with HD-BET forced on it;
+- ``clinical_style``: every contrast acquired on its own grid (t1c, the reference, on oblique 1 x 1 x
+  1.5 mm slices; the others on 4-5.5 mm thick axial or oblique slices, the head moved by a known
+  rigid motion), preprocessed, and the mapped-back segmentation scored against the truth label
+  acquired onto the reference grid. The recovered motions are scored against the truth.
+
+    OMP_NUM_THREADS=1 python benchmarks/clinical_style.py --dataset-dir ../shared/data/brats \
+        --out runs/clinical_style --json benchmarks/results/clinical_style_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from data_prep.clinical_style import (
+    Acquisition,
+    acquire,
+    brain_points,
+    clinical_style_study,
+    registration_error,
+)
+from data_prep.layouts import discover
+from medmtl import load_model
+from medmtl.labels import REGIONS
+from medmtl.metrics import dice_hd95, region_masks
+from medmtl.preprocessing.study import prediction_to_reference, preprocess_study
+
+#: Three cases of the shipped model's held-out fold (docs/results.md).
+CASES = ("Brats18_CBICA_AMH_1", "Brats18_CBICA_AQO_1", "Brats18_TCIA01_201_1")
+
+ACQUISITIONS = {
+    "t1c": Acquisition(spacing=(1.0, 1.0, 1.5), tilt_deg=12.0),
+    "t1n": Acquisition(spacing=(0.9, 0.9, 5.0), rotation_deg=(3, -2, 4), translation_mm=(3, -2, 4)),
+    "t2w": Acquisition(
+        spacing=(0.9, 0.9, 4.0), tilt_deg=15.0, rotation_deg=(-4, 2, 3), translation_mm=(-3, 4, 2)
+    ),
+    "t2f": Acquisition(
+        spacing=(1.0, 1.0, 5.5), tilt_deg=-10.0, rotation_deg=(2, 4, -3), translation_mm=(2, 3, -4)
+    ),
+}
+
+
+def dice(seg: np.ndarray, convention: str, truth: np.ndarray, truth_convention: str) -> dict[str, float]:
+    """Dice per region (TC, WT, ET) of a label map against the truth, on the same grid."""
+    p, t = region_masks(seg, convention), region_masks(truth, truth_convention)
+    return {r: round(dice_hd95(p[i], t[i], (1.0, 1.0, 1.0))[0], 4) for i, r in enumerate(REGIONS)}
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice between two whole-tumour masks (label > 0)."""
+    x, y = a > 0, b > 0
+    return round(2 * float(np.sum(x & y)) / max(1, int(x.sum() + y.sum())), 4)
+
+
+def run_case(model: Any, case: Any, out: Path) -> dict[str, Any]:
+    """All four rows of one case."""
+    root = Path(case.root)
+    images = {c: root / p for c, p in case.images.items()}
+    label_path = root / case.label
+    truth = np.asarray(nib.load(label_path).dataobj)
+    conv = case.convention
+    row: dict[str, Any] = {"case_id": case.case_id}
+
+    t = time.perf_counter()
+    base = model.predict(images)
+    row["untouched"] = {
+        "dice": dice(base.seg, base.convention, truth, conv),
+        "s": round(time.perf_counter() - t, 1),
+    }
+
+    t = time.perf_counter()
+    pre = model.predict(images, preprocess=True)
+    row["preprocess"] = {
+        "dice": dice(pre.seg, pre.convention, truth, conv),
+        "wt_agreement_with_untouched": agreement(pre.seg, base.seg),
+        "same_grid": bool(
+            pre.seg.shape == truth.shape and np.allclose(pre.affine, nib.load(label_path).affine)
+        ),
+        "brain_mask": pre.preprocessing["brain_mask_method"],
+        "brain_mask_ml": pre.preprocessing["brain_mask_ml"],
+        "s": round(time.perf_counter() - t, 1),
+    }
+
+    t = time.perf_counter()
+    study = preprocess_study(images, brain="hd-bet")
+    bet = prediction_to_reference(model.predict(study.images, affine=study.affine), study)
+    brain = np.any([np.asarray(nib.load(p).dataobj) != 0 for p in images.values()], axis=0)
+    row["preprocess_hd_bet"] = {
+        "dice": dice(bet.seg, bet.convention, truth, conv),
+        "wt_agreement_with_untouched": agreement(bet.seg, base.seg),
+        "brain_mask_ml": round(study.brain_ml, 1),
+        "released_brain_ml": round(float(brain.sum()) / 1000, 1),
+        "tumour_voxels_outside_mask": int(np.sum((truth > 0) & (bet.brain_mask == 0))),
+        "s": round(time.perf_counter() - t, 1),
+    }
+
+    folder, truths = clinical_style_study(images, out / "studies", ACQUISITIONS, case.case_id)
+    ref_label, _ = acquire(sitk.ReadImage(str(label_path)), ACQUISITIONS["t1c"], label=True)
+    ref_truth = np.asarray(sitk.GetArrayFromImage(ref_label)).transpose(2, 1, 0)
+    t = time.perf_counter()
+    clin = model.predict(folder, preprocess=True)
+    elapsed = time.perf_counter() - t
+    ref_file = next(folder.glob("*_t1c.nii.gz"))
+    ref_img = nib.load(ref_file)
+    points = brain_points(sitk.ReadImage(str(images["t1c"])), 6)
+    errors = {}
+    for c, rec in clin.preprocessing["contrasts"].items():
+        if c == "t1c":
+            continue
+        tx = sitk.Euler3DTransform()
+        tx.SetFixedParameters(rec["transform"]["fixed_parameters"])
+        tx.SetParameters(rec["transform"]["parameters"])
+        angle, centre, worst = registration_error(tx, truths[c], points)
+        errors[c] = {
+            "rotation_deg": round(angle, 3),
+            "centre_mm": round(centre, 3),
+            "max_mm": round(worst, 3),
+        }
+    row["clinical_style"] = {
+        "dice": dice(clin.seg, clin.convention, ref_truth, conv),
+        "same_grid": bool(clin.seg.shape == ref_img.shape and np.allclose(clin.affine, ref_img.affine)),
+        "registration_error": errors,
+        "metrics": {c: r.get("metric") for c, r in clin.preprocessing["contrasts"].items()},
+        "brain_mask": clin.preprocessing["brain_mask_method"],
+        "s": round(elapsed, 1),
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main() -> None:
+    """Run the cases and write the results JSON."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset-dir", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--json", required=True)
+    p.add_argument("--cases", nargs="*", default=list(CASES))
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(1)
+    found = {c.case_id: c for c in discover(a.dataset_dir).cases}
+    model = load_model(device="cpu")
+    rows = [run_case(model, found[c], Path(a.out)) for c in a.cases]
+    summary = {}
+    for key in ("untouched", "preprocess", "preprocess_hd_bet", "clinical_style"):
+        summary[key] = {r: round(float(np.mean([row[key]["dice"][r] for row in rows])), 4) for r in REGIONS}
+    errs = [e for row in rows for e in row["clinical_style"]["registration_error"].values()]
+    summary["registration_error_max"] = {
+        k: max(e[k] for e in errs) for k in ("rotation_deg", "centre_mm", "max_mm")
+    }
+    result = {
+        "what": __doc__.splitlines()[0],
+        "model": "shipped bundle (bundles/brats_mtl)",
+        "threads": 1,
+        "acquisitions": {c: vars(h) | {} for c, h in ACQUISITIONS.items()},
+        "cases": rows,
+        "mean_dice": summary,
+    }
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(result, indent=2, default=list) + "\n")
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
