@@ -17,6 +17,7 @@ For each case:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -38,6 +39,8 @@ from data_prep.layouts import discover
 from medmtl import load_model
 from medmtl.labels import REGIONS
 from medmtl.metrics import dice_hd95, region_masks
+from medmtl.preprocessing.brain import hd_bet_mask
+from medmtl.preprocessing.registration import from_array, to_array
 from medmtl.preprocessing.study import prediction_to_reference, preprocess_study
 
 #: Three cases of the shipped model's held-out fold (docs/results.md).
@@ -84,7 +87,8 @@ def run_case(model: Any, case: Any, out: Path) -> dict[str, Any]:
     }
 
     t = time.perf_counter()
-    pre = model.predict(images, preprocess=True)
+    study = preprocess_study(images)  # what predict(..., preprocess=True) does, kept for the HD-BET row
+    pre = prediction_to_reference(model.predict(study.images, affine=study.affine), study)
     row["preprocess"] = {
         "dice": dice(pre.seg, pre.convention, truth, conv),
         "wt_agreement_with_untouched": agreement(pre.seg, base.seg),
@@ -93,20 +97,33 @@ def run_case(model: Any, case: Any, out: Path) -> dict[str, Any]:
         ),
         "brain_mask": pre.preprocessing["brain_mask_method"],
         "brain_mask_ml": pre.preprocessing["brain_mask_ml"],
+        "registration": {
+            c: {k: r[k] for k in ("metric", "transform")}
+            for c, r in pre.preprocessing["contrasts"].items()
+            if c != study.reference
+        },
         "s": round(time.perf_counter() - t, 1),
     }
 
+    # The same registrations, with HD-BET's mask instead of the released brain's non-zero voxels.
     t = time.perf_counter()
-    study = preprocess_study(images, brain="hd-bet")
-    bet = prediction_to_reference(model.predict(study.images, affine=study.affine), study)
+    mask = to_array(hd_bet_mask(from_array(study.images[study.reference], study.grid))).astype(np.uint8)
+    bet_study = dataclasses.replace(
+        study,
+        images={c: np.where(mask > 0, a, np.float32(0)) for c, a in study.images.items()},
+        brain_mask=mask,
+        brain_method="hd-bet",
+        brain_ml=float(mask.sum()) * float(np.prod(study.grid.GetSpacing())) / 1000.0,
+    )
+    bet = prediction_to_reference(model.predict(bet_study.images, affine=bet_study.affine), bet_study)
     brain = np.any([np.asarray(nib.load(p).dataobj) != 0 for p in images.values()], axis=0)
     row["preprocess_hd_bet"] = {
         "dice": dice(bet.seg, bet.convention, truth, conv),
         "wt_agreement_with_untouched": agreement(bet.seg, base.seg),
-        "brain_mask_ml": round(study.brain_ml, 1),
+        "brain_mask_ml": round(bet_study.brain_ml, 1),
         "released_brain_ml": round(float(brain.sum()) / 1000, 1),
         "tumour_voxels_outside_mask": int(np.sum((truth > 0) & (bet.brain_mask == 0))),
-        "s": round(time.perf_counter() - t, 1),
+        "s_hd_bet_and_inference": round(time.perf_counter() - t, 1),
     }
 
     folder, truths = clinical_style_study(images, out / "studies", ACQUISITIONS, case.case_id)

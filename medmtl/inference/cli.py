@@ -168,7 +168,7 @@ def cli_main(args: argparse.Namespace) -> int:
     if getattr(args, "preprocess", False):
         from medmtl.preprocessing.run import run_preprocessed
 
-        return run_preprocessed(args, explicit, lambda run_args: cli_main(run_args))
+        return run_preprocessed(args, explicit, cli_main)
     if getattr(args, "reference", None) or getattr(args, "save_preprocessed", False):
         raise ValueError("--reference and --save-preprocessed apply with --preprocess only")
     bundle = Path(args.bundle).resolve()

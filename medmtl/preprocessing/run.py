@@ -106,4 +106,5 @@ def run_preprocessed(
             map_case_outputs(
                 study, run_dir, out, tfm, convention_source=None if args.convention else "default (raw study)"
             )
+    print(f"medmtl infer: {len(done)} study(ies) mapped onto their reference contrast's grid in {out}")
     return 0
