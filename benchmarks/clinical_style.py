@@ -8,7 +8,8 @@ For each case:
 - ``clinical_style``: every contrast acquired on its own grid (t1c, the reference, on oblique 1 x 1 x
   1.5 mm slices; the others on 4-5.5 mm thick axial or oblique slices, the head moved by a known
   rigid motion), preprocessed, and the mapped-back segmentation scored against the truth label
-  acquired onto the reference grid. The recovered motions are scored against the truth.
+  acquired onto the reference grid. The recovered motions are scored against the truth;
+- ``clinical_style_no_motion``: the same grids without motion (what the thick slices alone cost).
 
     OMP_NUM_THREADS=1 python benchmarks/clinical_style.py --dataset-dir ../shared/data/brats \
         --out runs/clinical_style --json benchmarks/results/clinical_style_cpu.json
@@ -156,6 +157,19 @@ def run_case(model: Any, case: Any, out: Path) -> dict[str, Any]:
         "brain_mask": clin.preprocessing["brain_mask_method"],
         "s": round(elapsed, 1),
     }
+    # Control: the same grids without motion, to tell the cost of thick slices from that of registration.
+    still = {
+        c: dataclasses.replace(h, rotation_deg=(0, 0, 0), translation_mm=(0, 0, 0))
+        for c, h in ACQUISITIONS.items()
+    }
+    folder, _ = clinical_style_study(images, out / "still", still, case.case_id)
+    t = time.perf_counter()
+    calm = model.predict(folder, preprocess=True)
+    row["clinical_style_no_motion"] = {
+        "dice": dice(calm.seg, calm.convention, ref_truth, conv),
+        "wt_agreement_with_moved": agreement(calm.seg, clin.seg),
+        "s": round(time.perf_counter() - t, 1),
+    }
     print(json.dumps(row), flush=True)
     return row
 
@@ -174,7 +188,7 @@ def main() -> None:
     model = load_model(device="cpu")
     rows = [run_case(model, found[c], Path(a.out)) for c in a.cases]
     summary = {}
-    for key in ("untouched", "preprocess", "preprocess_hd_bet", "clinical_style"):
+    for key in ("untouched", "preprocess", "preprocess_hd_bet", "clinical_style", "clinical_style_no_motion"):
         summary[key] = {r: round(float(np.mean([row[key]["dice"][r] for row in rows])), 4) for r in REGIONS}
     errs = [e for row in rows for e in row["clinical_style"]["registration_error"].values()]
     summary["registration_error_max"] = {
