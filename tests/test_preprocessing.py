@@ -149,7 +149,11 @@ def test_infer_preprocess_writes_outputs_on_the_reference_grid(
         tfm = sitk.ReadTransform(pre["contrasts"][c]["transform_file"])  # other tools read them
         assert np.allclose(tfm.GetParameters(), pre["contrasts"][c]["transform"]["parameters"], atol=1e-4)
         assert pre["contrasts"][c]["metric"] < -0.5
-        assert (out / "preprocessed" / f"study_01_{c}_1mm.nii.gz").is_file()
+    saved = out / "preprocessed" / "study_01"
+    assert sorted(p.name for p in saved.glob("*.nii.gz")) == [
+        f"study_01-{c}.nii.gz" for c in ("brain_mask", "t1c", "t1n", "t2f", "t2w")
+    ]
+    assert len(list(saved.glob("*.tfm"))) == 3
     assert not [p for p in out.rglob(".*")]  # no temporary files left
     capsys.readouterr()
     assert main([*args, "--out", str(out)]) == 2  # outputs exist: one line, nothing replaced

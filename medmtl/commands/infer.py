@@ -77,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--save-preprocessed",
         action="store_true",
         help="with --preprocess: also write the 1 mm co-registered images, the brain mask and the "
-        "transforms (ITK .tfm) to OUT/preprocessed/",
+        "transforms (ITK .tfm) to OUT/preprocessed/CASE/ (a case folder medmtl reads as it is)",
     )
 
 

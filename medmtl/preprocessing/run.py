@@ -23,7 +23,7 @@ def _out_files(out: Path, case_id: str, targets: list[str], save: bool) -> list[
 
     files = [*output_paths(out, case_id, targets).values(), out / f"{case_id}_brain_mask.nii.gz"]
     if save:
-        files += list((out / "preprocessed").glob(f"{case_id}_*"))
+        files += list((out / "preprocessed" / case_id).glob(f"{case_id}-*"))
     return files
 
 
@@ -101,7 +101,7 @@ def run_preprocessed(
         for study in done:
             tfm: dict[str, str] = {}
             if args.save_preprocessed:
-                saved = study.save(out / "preprocessed", overwrite=args.overwrite)
+                saved = study.save(out / "preprocessed" / study.case_id, overwrite=args.overwrite)
                 tfm = {k[: -len("_tfm")]: v for k, v in saved.items() if k.endswith("_tfm")}
             map_case_outputs(
                 study, run_dir, out, tfm, convention_source=None if args.convention else "default (raw study)"

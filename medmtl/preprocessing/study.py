@@ -179,6 +179,9 @@ class PreprocessedStudy:
     def save(self, folder: str | os.PathLike, overwrite: bool = False) -> dict[str, str]:
         """Write the co-registered 1 mm images, the brain mask and each transform (ITK ``.tfm``).
 
+        The images get BraTS 2023 names (``<case>-t1c.nii.gz``), so ``folder`` is a case folder that
+        ``medmtl infer``, ``medmtl prepare`` and the bundle read as it is.
+
         Args:
             folder: where (created if needed).
             overwrite: replace files that exist.
@@ -187,20 +190,21 @@ class PreprocessedStudy:
             ``{name: path}`` of the files written (``<contrast>``, ``brain_mask``, ``<contrast>_tfm``).
         """
         out = Path(folder)
+        cid = self.case_id
         written: dict[str, str] = {}
         for c, arr in self.images.items():
-            p = out / f"{self.case_id}_{c}_1mm.nii.gz"
+            p = out / f"{cid}-{c}.nii.gz"
             write_nifti(
                 p, arr, self.affine, np.float32, description=f"medmtl preprocessed {c}", overwrite=overwrite
             )
             written[c] = str(p)
-        p = out / f"{self.case_id}_brain_mask_1mm.nii.gz"
+        p = out / f"{cid}-brain_mask.nii.gz"
         write_nifti(
             p, self.brain_mask, self.affine, np.uint8, description="medmtl brain mask", overwrite=overwrite
         )
         written["brain_mask"] = str(p)
         for c, r in self.registrations.items():
-            p = out / f"{self.case_id}_{c}_to_{self.reference}.tfm"
+            p = out / f"{cid}-{c}_to_{self.reference}.tfm"
             with atomic_path(p, overwrite=overwrite) as tmp:
                 sitk.WriteTransform(r.transform, str(tmp))
             written[f"{c}_tfm"] = str(p)
