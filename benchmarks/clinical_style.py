@@ -47,6 +47,7 @@ from medmtl.preprocessing.study import prediction_to_reference, preprocess_study
 #: Three cases of the shipped model's held-out fold (docs/results.md).
 CASES = ("Brats18_CBICA_AMH_1", "Brats18_CBICA_AQO_1", "Brats18_TCIA01_201_1")
 
+#: Series as 2D clinical protocols acquire them: 4-5.5 mm slices (the shared raw study has 5.5 mm).
 ACQUISITIONS = {
     "t1c": Acquisition(spacing=(1.0, 1.0, 1.5), tilt_deg=12.0),
     "t1n": Acquisition(spacing=(0.9, 0.9, 5.0), rotation_deg=(3, -2, 4), translation_mm=(3, -2, 4)),
@@ -57,6 +58,14 @@ ACQUISITIONS = {
         spacing=(1.0, 1.0, 5.5), tilt_deg=-10.0, rotation_deg=(2, 4, -3), translation_mm=(2, 3, -4)
     ),
 }
+
+#: The same grids and motions with 3 mm slices (t1c 1 mm isotropic, oblique), as 3D or thin 2D
+#: protocols give them.
+ACQUISITIONS_3MM = {
+    c: dataclasses.replace(h, spacing=(1.0, 1.0, 1.0) if c == "t1c" else (h.spacing[0], h.spacing[1], 3.0))
+    for c, h in ACQUISITIONS.items()
+}
+PRESETS = {"thick": ACQUISITIONS, "3mm": ACQUISITIONS_3MM}
 
 
 def dice(seg: np.ndarray, convention: str, truth: np.ndarray, truth_convention: str) -> dict[str, float]:
@@ -71,8 +80,10 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
     return round(2 * float(np.sum(x & y)) / max(1, int(x.sum() + y.sum())), 4)
 
 
-def run_case(model: Any, case: Any, out: Path) -> dict[str, Any]:
-    """All four rows of one case."""
+def run_case(
+    model: Any, case: Any, out: Path, acquisitions: dict[str, Acquisition], clinical_only: bool = False
+) -> dict[str, Any]:
+    """The rows of one case (``clinical_only``: the untouched and the clinical-style rows only)."""
     root = Path(case.root)
     images = {c: root / p for c, p in case.images.items()}
     label_path = root / case.label
@@ -87,6 +98,8 @@ def run_case(model: Any, case: Any, out: Path) -> dict[str, Any]:
         "s": round(time.perf_counter() - t, 1),
     }
 
+    if clinical_only:
+        return _clinical_rows(model, case, out, acquisitions, images, label_path, row)
     t = time.perf_counter()
     study = preprocess_study(images)  # what predict(..., preprocess=True) does, kept for the HD-BET row
     pre = prediction_to_reference(model.predict(study.images, affine=study.affine), study)
@@ -127,8 +140,21 @@ def run_case(model: Any, case: Any, out: Path) -> dict[str, Any]:
         "s_hd_bet_and_inference": round(time.perf_counter() - t, 1),
     }
 
-    folder, truths = clinical_style_study(images, out / "studies", ACQUISITIONS, case.case_id)
-    ref_label, _ = acquire(sitk.ReadImage(str(label_path)), ACQUISITIONS["t1c"], label=True)
+    return _clinical_rows(model, case, out, acquisitions, images, label_path, row)
+
+
+def _clinical_rows(
+    model: Any,
+    case: Any,
+    out: Path,
+    acquisitions: dict[str, Acquisition],
+    images: dict[str, Path],
+    label_path: Path,
+    row: dict[str, Any],
+) -> dict[str, Any]:
+    conv = case.convention
+    folder, truths = clinical_style_study(images, out / "studies", acquisitions, case.case_id)
+    ref_label, _ = acquire(sitk.ReadImage(str(label_path)), acquisitions["t1c"], label=True)
     ref_truth = np.asarray(sitk.GetArrayFromImage(ref_label)).transpose(2, 1, 0)
     t = time.perf_counter()
     clin = model.predict(folder, preprocess=True)
@@ -181,14 +207,19 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--json", required=True)
     p.add_argument("--cases", nargs="*", default=list(CASES))
+    p.add_argument("--preset", choices=list(PRESETS), default="thick", help="how the series are acquired")
+    p.add_argument("--clinical-only", action="store_true", help="untouched and clinical-style rows only")
     a = p.parse_args()
     torch.set_num_threads(1)
     sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(1)
     found = {c.case_id: c for c in discover(a.dataset_dir).cases}
     model = load_model(device="cpu")
-    rows = [run_case(model, found[c], Path(a.out)) for c in a.cases]
+    acquisitions = PRESETS[a.preset]
+    rows = [run_case(model, found[c], Path(a.out), acquisitions, a.clinical_only) for c in a.cases]
     summary = {}
     for key in ("untouched", "preprocess", "preprocess_hd_bet", "clinical_style", "clinical_style_no_motion"):
+        if key not in rows[0]:
+            continue
         summary[key] = {r: round(float(np.mean([row[key]["dice"][r] for row in rows])), 4) for r in REGIONS}
     errs = [e for row in rows for e in row["clinical_style"]["registration_error"].values()]
     summary["registration_error_max"] = {
@@ -198,7 +229,8 @@ def main() -> None:
         "what": __doc__.splitlines()[0],
         "model": "shipped bundle (bundles/brats_mtl)",
         "threads": 1,
-        "acquisitions": {c: vars(h) | {} for c, h in ACQUISITIONS.items()},
+        "preset": a.preset,
+        "acquisitions": {c: vars(h) | {} for c, h in acquisitions.items()},
         "cases": rows,
         "mean_dice": summary,
     }
