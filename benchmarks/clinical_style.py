@@ -186,7 +186,7 @@ def _clinical_rows(
     # Control: the same grids without motion, to tell the cost of thick slices from that of registration.
     still = {
         c: dataclasses.replace(h, rotation_deg=(0, 0, 0), translation_mm=(0, 0, 0))
-        for c, h in ACQUISITIONS.items()
+        for c, h in acquisitions.items()
     }
     folder, _ = clinical_style_study(images, out / "still", still, case.case_id)
     t = time.perf_counter()
