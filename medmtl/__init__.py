@@ -18,7 +18,8 @@ from medmtl.contrasts import CONTRASTS, canonical
 _SUBMODULES = {
     "bundle_config", "challenge_metrics", "commands", "contrasts", "conventions", "datalist", "demo",
     "engine_logs", "evaluation", "export", "inference", "intensity", "io", "labels", "lesion_augment",
-    "local_synthesis", "losses", "metrics", "networks", "report", "stages", "training", "transforms",
+    "local_synthesis", "losses", "metrics", "networks", "preprocessing", "report", "stages", "training",
+    "transforms",
 }  # fmt: skip
 
 

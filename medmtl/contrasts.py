@@ -25,6 +25,7 @@ ALIASES: dict[str, str] = {
     "t1n": "t1n", "t1": "t1n", "t1w": "t1n", "native": "t1n",
     "t1c": "t1c", "t1ce": "t1c", "t1gd": "t1c", "t1post": "t1c", "t1-gd": "t1c",
     "t2w": "t2w", "t2": "t2w",
+    "fla": "t2f",  # FLAIR as scanner series names abbreviate it (e.g. Siemens "..._tir2d1_21_fla")
     "t2f": "t2f", "flair": "t2f", "t2flair": "t2f", "t2-flair": "t2f",
     # BIDS: the anatomical suffixes T1w / T2w / FLAIR, and a contrast agent as the ce- entity
     # (sub-01_ce-gadolinium_T1w is post-contrast T1, sub-01_T1w native T1).

@@ -66,7 +66,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sw-batch-size", type=positive_int, help="windows per forward pass")
     parser.add_argument("--exported", help="run a TorchScript/ONNX file from `medmtl export`, not model.pt")
     for c in CONTRASTS:
-        parser.add_argument(f"--{c}", help=f"explicit {c} file (instead of a case folder)")
+        parser.add_argument(
+            f"--{c}", help=f"explicit {c} file or DICOM series folder (instead of a case folder)"
+        )
+    parser.add_argument(
+        "--preprocess",
+        action="store_true",
+        help="raw study in (own grids, skull on, NIfTI or DICOM): co-register to --reference, 1 mm, "
+        "brain extraction (HD-BET); outputs and brain mask on the reference's own grid",
+    )
+    parser.add_argument(
+        "--reference",
+        choices=list(CONTRASTS),
+        help="with --preprocess: the contrast the others are registered to (default t1c, else t1n, t2f, t2w)",
+    )
+    parser.add_argument(
+        "--save-preprocessed",
+        action="store_true",
+        help="with --preprocess: also write the 1 mm co-registered images, the brain mask and the "
+        "transforms (ITK .tfm) to OUT/preprocessed/CASE/ (a case folder medmtl reads as it is)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:

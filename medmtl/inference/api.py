@@ -33,6 +33,8 @@ class Prediction:
         synth: synthesised contrasts by canonical name (float32, nonzero z-score space).
         affine: the source scan's voxel-to-world matrix.
         convention: label convention of ``seg``.
+        brain_mask: the brain mask (uint8) when the case was preprocessed, else None.
+        preprocessing: what preprocessing did (reference, registrations, brain mask), else None.
     """
 
     case_id: str
@@ -41,6 +43,8 @@ class Prediction:
     synth: dict[str, np.ndarray] = field(default_factory=dict)
     affine: np.ndarray = field(default_factory=lambda: np.eye(4))
     convention: str = "brats2023"
+    brain_mask: np.ndarray | None = None
+    preprocessing: dict[str, Any] | None = None
 
 
 class MultiTaskModel:
@@ -90,6 +94,8 @@ class MultiTaskModel:
         case: str | os.PathLike | Mapping[str, Any],
         affine: np.ndarray | None = None,
         convention: str | None = None,
+        preprocess: bool = False,
+        reference: str | None = None,
     ) -> Prediction:
         """Segment and synthesise one case without writing files.
 
@@ -102,9 +108,15 @@ class MultiTaskModel:
             affine: voxel-to-world matrix for array input.
             convention: label convention of the returned map (``brats2021`` or ``brats2023``); by
                 default the input's (from its layout or label map), BraTS 2023 for arrays.
+            preprocess: treat ``case`` as a raw study (a folder or ``{contrast: file or DICOM
+                folder}`` on their own grids, skull on): co-register, resample to 1 mm and extract
+                the brain first (:func:`medmtl.preprocessing.preprocess_study`), and return the
+                outputs on the reference contrast's own grid.
+            reference: the contrast the others are registered to with ``preprocess`` (default t1c,
+                else t1n, t2f, t2w).
 
         Returns:
-            A :class:`Prediction` in the input's grid.
+            A :class:`Prediction` in the input's grid (the reference contrast's with ``preprocess``).
 
         Raises:
             FileNotFoundError: for a missing folder or file.
@@ -113,6 +125,15 @@ class MultiTaskModel:
         """
         if convention is not None and convention not in OUTPUT_CONVENTIONS:
             raise ValueError(f"convention must be one of {list(OUTPUT_CONVENTIONS)}, got {convention!r}")
+        if preprocess:
+            # One step before the single inference path (arrays + affine in) and one after it.
+            from medmtl.preprocessing.study import prediction_to_reference, preprocess_study
+
+            study = preprocess_study(case, reference=reference, device=str(self.device))
+            pred = self.predict(study.images, affine=study.affine, convention=convention)
+            return prediction_to_reference(pred, study)
+        if reference is not None:
+            raise ValueError("reference= applies with preprocess=True only")
         with tempfile.TemporaryDirectory(prefix="medmtl_") as tmp:
             copies: dict[str, str] = {}
             if isinstance(case, Mapping) and any(isinstance(v, np.ndarray) for v in case.values()):
@@ -123,7 +144,12 @@ class MultiTaskModel:
                 check_cases([entry], self.inputs, self.use_mask)
             except (FileNotFoundError, ValueError) as err:
                 if not copies:
-                    raise
+                    from medmtl.preprocessing.study import preprocess_hint
+
+                    hint = preprocess_hint(str(err), case)
+                    if hint is None:
+                        raise
+                    raise ValueError(hint) from None
                 # Name the user's arrays, not the temporary files they were written to.
                 msg = str(err)
                 for key, path in copies.items():

@@ -157,6 +157,19 @@ def bundle_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return ov
 
 
+def _case_entry(case: Any) -> dict:
+    """:func:`case_entry`, naming ``--preprocess`` when the case is a raw study it would fix."""
+    try:
+        return case_entry(case)
+    except ValueError as err:
+        from medmtl.preprocessing.study import preprocess_hint
+
+        hint = preprocess_hint(str(err), case)
+        if hint is None:
+            raise
+        raise ValueError(hint) from None
+
+
 def cli_main(args: argparse.Namespace) -> int:
     """Run ``medmtl infer``: check cases and output folder up front, then run the bundle's inference config.
 
@@ -170,6 +183,12 @@ def cli_main(args: argparse.Namespace) -> int:
     if not (args.cases or args.datalist or explicit):
         raise ValueError("give case folders, --datalist, or explicit --t1n/--t1c/--t2w/--t2f files")
     check_options(args)
+    if getattr(args, "preprocess", False):
+        from medmtl.preprocessing.run import run_preprocessed
+
+        return run_preprocessed(args, explicit, cli_main)
+    if getattr(args, "reference", None) or getattr(args, "save_preprocessed", False):
+        raise ValueError("--reference and --save-preprocessed apply with --preprocess only")
     bundle = Path(args.bundle).resolve()
     config = bundle_file(bundle)
     model = read_model_config(bundle / "models" / MODEL_CONFIG_FILE)
@@ -187,9 +206,9 @@ def cli_main(args: argparse.Namespace) -> int:
         ov["dataset_dir"] = str(datalist_root(args.datalist, args.dataset_dir))
         ov["section"] = args.section
     else:
-        entries = [case_entry(c) for c in args.cases]
+        entries = [_case_entry(c) for c in args.cases]
         if explicit:
-            entries.append(case_entry(explicit))
+            entries.append(_case_entry(explicit))
         ids = [e["case_id"] for e in entries]
         if len(set(ids)) != len(ids):
             raise ValueError(f"two inputs share a case id: {ids}")
