@@ -143,7 +143,6 @@ def run_scenario(
         case_list = fold_datalist(datalist, fold, present, out / name / "datalist.json")
     pred = out / name / "pred"
     extra = ["--probabilities"] if probabilities else []  # for benchmarks/thresholds.py
-    extra.append("--restorations")  # the acquired contrasts' restorations are scored too
     medmtl(
         "infer", "--datalist", case_list, "--section", "training", "--bundle", bundle, "--out", pred, *extra
     )

@@ -20,14 +20,16 @@ Both packages are optional (``pip install "medmtl[brats]"``); :func:`brats_evalu
 :func:`inpainting_status` say whether they can be used.
 
 Global synthesis (BraSyn) scores follow the challenge's published evaluation script, for which no
-package exists: each image is clipped at the 0.5 / 99.5 percentiles of its whole volume (the lower
-one floored at 0) and scaled to [0, 1]; the tumour and the non-tumour part are each cut out (the rest
-set to 0), the full-image SSIM map of torchmetrics' ``StructuralSimilarityIndexMeasure`` (Gaussian
-window 11, sigma 1.5, reflect padding, data range from the images) is computed on each pair and
-averaged over that part's voxels. The non-tumour part is the whole volume outside the tumour,
-background included, as the challenge counts it (so it is not comparable with our brain-only scores).
-The map is computed with separable filtering on the images' bounding box (equal to torchmetrics'
-map, tested, at a fraction of its cost on a whole volume).
+package exists (a synthesis in z-score space is first shifted so that its non-zero voxels start at
+0, as the script expects non-negative scanner intensities): each image is clipped at the 0.5 / 99.5
+percentiles of its whole volume (the lower one floored at 0) and scaled to [0, 1]; the tumour and
+the non-tumour part are each cut out (the rest set to 0), the full-image SSIM map of torchmetrics'
+``StructuralSimilarityIndexMeasure`` (Gaussian window 11, sigma 1.5, reflect padding, data range
+from the images) is computed on each pair and averaged over that part's voxels. The non-tumour part
+is the whole volume outside the tumour, background included, as the challenge counts it (so it is
+not comparable with our brain-only scores). The map is computed with separable filtering on the
+images' bounding box (equal to torchmetrics' map, tested, at a fraction of its cost on a whole
+volume).
 
 References:
     Kofler et al., "Panoptica -- instance-wise evaluation of 3D semantic and instance segmentation
@@ -295,6 +297,12 @@ _BRASYN_WINDOW, _BRASYN_SIGMA = 11, 1.5
 
 
 def _brasyn_normalise(image: np.ndarray) -> np.ndarray:
+    # The challenge's normalisation clips below 0: it expects scanner intensities. A synthesis in
+    # medmtl's z-score space is first shifted within its non-zero voxels so that their minimum is 0
+    # (background stays 0), an affine change that SSIM after the percentile scaling barely sees.
+    nonzero = image != 0
+    if nonzero.any() and image[nonzero].min() < 0:
+        image = np.where(nonzero, image - image[nonzero].min(), 0.0)
     lo, hi = np.percentile(image, [0.5, 99.5])
     lo = max(float(lo), 0.0)
     if hi <= lo:

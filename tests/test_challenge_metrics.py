@@ -294,3 +294,14 @@ def test_brasyn_scores_follow_the_challenge_script():
     perfect = challenge_metrics.brasyn_metrics(ref, ref, tumour)
     assert perfect["BraSynSSIM_tumour"] == pytest.approx(1.0) and perfect["BraSynPSNR"] == float("inf")
     assert np.isnan(challenge_metrics.brasyn_metrics(pred, ref, np.zeros_like(tumour))["BraSynSSIM_tumour"])
+
+
+def test_brasyn_scores_a_z_scored_synthesis_as_its_shifted_copy():
+    pred, ref, tumour = _head(np.random.default_rng(2))
+    brain = pred != 0
+    z = np.where(brain, (pred - pred[brain].mean()) / pred[brain].std(), 0.0)  # negative inside the brain
+    shifted = np.where(brain, z - z[brain].min(), 0.0)
+    assert challenge_metrics.brasyn_metrics(z, ref, tumour) == pytest.approx(
+        challenge_metrics.brasyn_metrics(shifted, ref, tumour)
+    )
+    assert challenge_metrics.brasyn_metrics(z, ref, tumour)["BraSynSSIM_tumour"] > 0.3

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from monai.data import MetaTensor
+from monai.transforms import Spacing
 
 from medmtl.cli import main
 from medmtl.networks import GuidedSynthesisUNet, apply_guidance, get_network, set_trainable
@@ -48,15 +50,18 @@ def test_started_from_a_coarse_model_it_returns_that_model_upsampled(tmp_path):
             p.add_(0.1 * torch.randn_like(p))
     torch.save(coarse.state_dict(), tmp_path / "model.pt")
     net = load_coarse_guided(_net(), str(tmp_path / "model.pt"))
-    x = torch.randn(1, 4, 32, 24, 16)
+    x = torch.randn(1, 4, 32, 24, 17)
     mask = torch.tensor([[1.0, 0.0, 1.0, 1.0]])
     x[:, 1] = 0
+    # The bundle's path for a 2 mm model: Spacingd to 2 mm, the network, Invertd back to 1 mm.
+    spacing = Spacing(pixdim=(2, 2, 2), mode="bilinear")
+    small = spacing(MetaTensor(x[0], affine=torch.eye(4)))
     with torch.no_grad():
         out = net(x, mask)
-        small = coarse(F.avg_pool3d(x, 2), mask)
+        expected = coarse(small[None].as_tensor(), mask)
     for key in ("seg", "synth"):
-        expected = F.interpolate(small[key], size=[32, 24, 16], mode="trilinear", align_corners=False)
-        torch.testing.assert_close(out[key], expected)
+        back = MetaTensor(expected[key][0], affine=small.affine, applied_operations=small.applied_operations)
+        torch.testing.assert_close(out[key][0], spacing.inverse(back).as_tensor(), atol=1e-5, rtol=1e-5)
     assert net.synth_channels == 4 and net.divisor == 2 * net.base.divisor and net.input_mask
     with pytest.raises(ValueError, match="coarse_weights"):
         load_coarse_guided(_net(), None)

@@ -30,9 +30,11 @@ def test_untrained_head_returns_the_upsampled_coarse_outputs():
     x[:, 1] = 0
     with torch.no_grad():
         out = net(x, mask)
-        coarse = net.base(F.avg_pool3d(x, 2), mask)
+        coarse = net.base(x[..., ::2, ::2, ::2], mask)
     for key in ("seg", "synth"):
-        expected = F.interpolate(coarse[key], size=[32, 24, 16], mode="trilinear", align_corners=False)
+        # coarse voxel k on fine voxel 2k (the grid Spacingd makes); the last fine voxel repeats it
+        inner = F.interpolate(coarse[key], size=[31, 23, 15], mode="trilinear", align_corners=True)
+        expected = F.pad(inner, [0, 1, 0, 1, 0, 1], mode="replicate")
         assert out[key].shape == expected.shape
         torch.testing.assert_close(out[key], expected)
     assert net.divisor == 2 * net.base.divisor and net.input_mask and net.in_channels == 4

@@ -1,8 +1,9 @@
 """A coarse multi-task U-Net inside a full-resolution model: the part refinement and guided synthesis share.
 
 The multi-task U-Net is trained on 2 mm volumes (on a CPU, 1 mm training is 8x the cost). A model
-that returns 1 mm outputs runs it on the input average-pooled by ``factor`` and brings its outputs
-back to the input's size; what it adds at full resolution is the subclass's part.
+that returns 1 mm outputs runs it on the input's 2 mm grid (as ``Spacingd`` makes it) and brings its
+outputs back to the input's size (as ``Invertd`` does); what it adds at full resolution is the
+subclass's part.
 """
 
 from __future__ import annotations
@@ -62,15 +63,32 @@ class CoarseWrapper(nn.Module):
         return self.base.divisor * self.factor
 
     def coarse(self, x: torch.Tensor, channel_mask: torch.Tensor | None) -> dict[str, Any]:
-        """The coarse network's outputs on the input average-pooled by ``factor``."""
-        pool = F.avg_pool3d if x.ndim == 5 else F.avg_pool2d
-        small = pool(x, self.factor, ceil_mode=True) if self.factor > 1 else x
-        return self.base(small, channel_mask)
+        """The coarse network's outputs on every ``factor``-th voxel of the input.
+
+        The coarse network learnt on volumes that MONAI's ``Spacingd`` resampled: it keeps the first
+        voxel's centre, so coarse voxel ``k`` lies on fine voxel ``factor * k`` and, for an integer
+        factor, linear resampling takes that voxel's value. The same grid here gives the coarse
+        network the inputs it knows (an average over blocks would be smoother, and half a voxel off).
+        """
+        if self.factor == 1:
+            return self.base(x, channel_mask)
+        step = (slice(None), slice(None)) + (slice(None, None, self.factor),) * (x.ndim - 2)
+        return self.base(x[step], channel_mask)
 
     def upsample(self, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """``y`` interpolated (trilinear / bilinear) to the spatial size of ``like``."""
+        """Coarse outputs back on the grid of ``like``, as ``Invertd`` would bring them back.
+
+        Linear interpolation between coarse voxels at fine voxels ``factor * k``; the fine voxels past
+        the last coarse one take its value (``Spacingd``'s border padding).
+        """
+        size = [int(s) for s in like.shape[2:]]
+        inner = [self.factor * (int(n) - 1) + 1 for n in y.shape[2:]]
         mode = "trilinear" if like.ndim == 5 else "bilinear"
-        return F.interpolate(y, size=[int(s) for s in like.shape[2:]], mode=mode, align_corners=False)
+        up = F.interpolate(y, size=inner, mode=mode, align_corners=True) if inner != list(y.shape[2:]) else y
+        pad: list[int] = []
+        for s, i in zip(reversed(size), reversed(inner)):
+            pad += [0, s - i]
+        return F.pad(up, pad, mode="replicate") if any(pad) else up
 
     def extras(self, coarse: dict[str, Any]) -> dict[str, Any]:
         """The coarse network's training-only outputs (``seg_ds``, ``vae_loss``) in training mode."""

@@ -73,12 +73,12 @@ def apply_guidance(
 class GuidedSynthesisUNet(CoarseWrapper):
     """A :class:`MultiTaskUNet` at ``1/factor`` resolution whose synthesis the full-resolution inputs guide.
 
-    The input is average-pooled by ``factor`` for the coarse network (2 mm for 1 mm inputs). Its
-    segmentation logits are upsampled (trilinear) to the input's size; its synthesis decoder predicts
-    the coefficient fields of :func:`apply_guidance`, which are upsampled likewise and applied to the
-    full-resolution inputs. Outputs have the input's spatial size; the interface is the coarse
-    network's (:class:`~medmtl.networks.coarse.CoarseWrapper`) but for ``synth_channels``, the number
-    of target contrasts, so the bundle's inferers, export and training use it unchanged.
+    The coarse network reads the input's coarse grid (2 mm for 1 mm inputs, as ``Spacingd`` makes it).
+    Its segmentation logits are brought back to the input's size (linear, as ``Invertd``); its synthesis
+    decoder predicts the coefficient fields of :func:`apply_guidance`, which are upsampled likewise and
+    applied to the full-resolution inputs. Outputs have the input's spatial size; the interface is the
+    coarse network's (:class:`~medmtl.networks.coarse.CoarseWrapper`) but for ``synth_channels``, the
+    number of target contrasts, so the bundle's inferers, export and training use it unchanged.
 
     Args:
         base: the coarse network; its ``synth_channels`` must be

@@ -106,8 +106,8 @@ class RefinementHead(nn.Module):
 class RefinedMultiTaskUNet(CoarseWrapper):
     """A :class:`MultiTaskUNet` run at ``1/factor`` of the input resolution, refined at full resolution.
 
-    The input is average-pooled by ``factor`` for the coarse network (2 mm for 1 mm inputs); its
-    outputs are upsampled (trilinear) back to the input's size and corrected by a
+    The coarse network reads the input's coarse grid (2 mm for 1 mm inputs, as ``Spacingd`` makes
+    it); its outputs are brought back to the input's size (linear, as ``Invertd``) and corrected by a
     :class:`RefinementHead`. Outputs have the input's spatial size, as the coarse network's do; the
     interface is the coarse network's (:class:`~medmtl.networks.coarse.CoarseWrapper`), so the
     bundle's inferers, export and training use it unchanged.

@@ -333,7 +333,7 @@ def map_case_outputs(
     """
     import json
 
-    from medmtl.io import write_nifti_group
+    from medmtl.io import output_description, write_nifti_group
 
     run, out = Path(run_dir), Path(out_dir)
     cid = study.case_id
@@ -354,7 +354,7 @@ def map_case_outputs(
     files[out / f"{cid}_brain_mask.nii.gz"] = (
         study.to_reference(study.brain_mask, label=True),
         np.uint8,
-        f"medmtl brain mask ({study.brain_method})",
+        output_description("brain_mask", f"({study.brain_method})"),
     )
     sidecar = json.loads((run / f"{cid}.json").read_text())
     sidecar.update(
@@ -408,7 +408,7 @@ def preprocess_hint(message: str, case: Any) -> str | None:
     hint = "run with --preprocess (Python: predict(..., preprocess=True)) to co-register them"
     if "differs from" in message and ("shape" in message or "affine" in message):
         return f"{message.rstrip('.')}; the contrasts are on different grids: {hint}"
-    if "no case in a known layout" in message or "cases; give one case folder" in message:
+    if "no case in a known layout" in message or "give one case folder or a datalist" in message:
         try:
             _, found = study_sources(case)
         except (OSError, ValueError):
