@@ -59,9 +59,14 @@ def test_started_from_a_coarse_model_it_returns_that_model_upsampled(tmp_path):
     with torch.no_grad():
         out = net(x, mask)
         expected = coarse(small[None].as_tensor(), mask)
-    for key in ("seg", "synth"):
-        back = MetaTensor(expected[key][0], affine=small.affine, applied_operations=small.applied_operations)
-        torch.testing.assert_close(out[key][0], spacing.inverse(back).as_tensor(), atol=1e-5, rtol=1e-5)
+    # the segmentation is interpolated as probabilities (the sigmoid comes before Invertd)
+    for key, to_prob in (("seg", torch.sigmoid), ("synth", lambda t: t)):
+        back = MetaTensor(
+            to_prob(expected[key][0]), affine=small.affine, applied_operations=small.applied_operations
+        )
+        torch.testing.assert_close(
+            to_prob(out[key][0]), spacing.inverse(back).as_tensor(), atol=1e-5, rtol=1e-5
+        )
     assert net.synth_channels == 4 and net.divisor == 2 * net.base.divisor and net.input_mask
     with pytest.raises(ValueError, match="coarse_weights"):
         load_coarse_guided(_net(), None)

@@ -31,12 +31,13 @@ def test_untrained_head_returns_the_upsampled_coarse_outputs():
     with torch.no_grad():
         out = net(x, mask)
         coarse = net.base(x[..., ::2, ::2, ::2], mask)
-    for key in ("seg", "synth"):
-        # coarse voxel k on fine voxel 2k (the grid Spacingd makes); the last fine voxel repeats it
-        inner = F.interpolate(coarse[key], size=[31, 23, 15], mode="trilinear", align_corners=True)
+    for key, to_prob in (("seg", torch.sigmoid), ("synth", lambda t: t)):
+        # coarse voxel k on fine voxel 2k (the grid Spacingd makes); the last fine voxel repeats it;
+        # the segmentation is interpolated as probabilities, as the bundle's inference does
+        inner = F.interpolate(to_prob(coarse[key]), size=[31, 23, 15], mode="trilinear", align_corners=True)
         expected = F.pad(inner, [0, 1, 0, 1, 0, 1], mode="replicate")
         assert out[key].shape == expected.shape
-        torch.testing.assert_close(out[key], expected)
+        torch.testing.assert_close(to_prob(out[key]), expected, atol=1e-5, rtol=1e-5)
     assert net.divisor == 2 * net.base.divisor and net.input_mask and net.in_channels == 4
 
 

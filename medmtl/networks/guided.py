@@ -112,7 +112,7 @@ class GuidedSynthesisUNet(CoarseWrapper):
         coarse = self.coarse(x, channel_mask)
         fields = self.upsample(coarse["synth"], x)
         synth = apply_guidance(fields, x, channel_mask if self.input_mask else None)
-        return {"seg": self.upsample(coarse["seg"], x), "synth": synth, **self.extras(coarse)}
+        return {"seg": self.upsample_seg(coarse["seg"], x), "synth": synth, **self.extras(coarse)}
 
 
 def load_coarse_guided(net: GuidedSynthesisUNet, weights: str | None) -> GuidedSynthesisUNet:

@@ -144,7 +144,7 @@ class RefinedMultiTaskUNet(CoarseWrapper):
         """
         coarse = self.coarse(x, channel_mask)
         seg, synth = self.head(
-            x, self.upsample(coarse["seg"], x), self.upsample(coarse["synth"], x), channel_mask
+            x, self.upsample_seg(coarse["seg"], x), self.upsample(coarse["synth"], x), channel_mask
         )
         return {"seg": seg, "synth": synth, **self.extras(coarse)}
 
