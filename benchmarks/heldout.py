@@ -115,7 +115,7 @@ def handback_datalist(datalist: Path, fold: int, synth_pred: Path, out: Path) ->
 def medmtl(*args: str) -> None:
     """Run a ``medmtl`` command as a user would; fail loudly."""
     cmd = [sys.executable, "-m", "medmtl.cli", *map(str, args)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace")
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
 

@@ -242,7 +242,9 @@ def whole_process_check(volume: str, threads: int) -> dict[str, Any]:
     for model in ("medmtl", "monai"):
         cmd = ["/usr/bin/time", "-v", sys.executable, SCRIPT, "--child", "infer", "--model", model]
         cmd += ["--volume", volume, "--threads", str(threads)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+        proc = subprocess.run(
+            cmd, capture_output=True, encoding="utf-8", errors="replace", env=env, check=True
+        )
         wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", proc.stderr)
         rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
         parts = [float(p) for p in wall.group(1).split(":")] if wall else []

@@ -339,7 +339,12 @@ def test_default_fits_the_segresnet_budget_at_128():
     result = {}
     for name in ("segresnet", "ours"):
         run = subprocess.run(
-            [sys.executable, "-c", _MEASURE, name], capture_output=True, text=True, check=True, timeout=300
+            [sys.executable, "-c", _MEASURE, name],
+            capture_output=True,
+            encoding="utf-8",
+            errors="replace",
+            check=True,
+            timeout=300,
         )
         result[name] = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["ours"]["peak_kb"] <= 0.8 * result["segresnet"]["peak_kb"], result

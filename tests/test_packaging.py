@@ -43,7 +43,8 @@ def installed(tmp_path_factory) -> Path:
             str(REPO),
         ],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="replace",
     )
     if build.returncode != 0:
         pytest.skip(f"cannot build a wheel here: {build.stderr.strip()[-300:]}")
@@ -64,7 +65,12 @@ def run_installed(installed: Path, cwd: Path, *args: str) -> subprocess.Complete
     """``python -m medmtl.cli ARGS`` with only the installed package on the path, run in ``cwd``."""
     env = dict(os.environ, PYTHONPATH=str(installed), OMP_NUM_THREADS="1")
     return subprocess.run(
-        [sys.executable, "-m", "medmtl.cli", *args], cwd=cwd, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "medmtl.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
     )
 
 
@@ -79,7 +85,8 @@ def test_installed_package_infers_with_its_own_bundle(installed, phantom_cases, 
         cwd=tmp_path,
         env=env,
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="replace",
         check=True,
     ).stdout.split()
     assert Path(where[0]).is_relative_to(installed), where  # the installed copy, not the checkout

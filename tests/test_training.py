@@ -60,7 +60,9 @@ def _train_cmd(data, run_dir, stage, epochs, extra=None) -> list[str]:
 
 def _run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    proc = subprocess.run(
+        cmd, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout, env=env, cwd=REPO
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -98,8 +100,8 @@ def test_train_writes_weights_and_resumes_after_kill(phantom_data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         _train_cmd(phantom_data, run_dir, "plain", 4),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
-        start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace", env=env,
+        cwd=REPO, start_new_session=True,
     )  # fmt: skip
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:

@@ -94,7 +94,9 @@ def test_help_and_argument_errors_import_no_torch(argv):
         "heavy = sorted(m for m in ('torch', 'monai', 'nibabel', 'numpy') if m in sys.modules)\n"
         "print('HEAVY', heavy, 'CODE', code)\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, encoding="utf-8", errors="replace", timeout=120
+    )
     assert "HEAVY [] CODE" in res.stdout, res.stdout + res.stderr
     code = int(res.stdout.rsplit("CODE", 1)[1])
     if "--help" in argv:
