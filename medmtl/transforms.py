@@ -19,6 +19,7 @@ Data flow of one case (keys as in DESIGN.md)::
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -302,8 +303,6 @@ class WithholdContrastd(MapTransform):
         self.mask_key, self.id_key = mask_key, id_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        import zlib
-
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
