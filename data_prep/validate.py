@@ -250,16 +250,23 @@ def _check_grid(case: Case, images: dict[str, nib.Nifti1Image], atol: float, rep
 
 
 def _check_data(
-    case: Case, images: dict[str, nib.Nifti1Image], report: CaseReport, allow_missing: bool = False
+    case: Case,
+    images: dict[str, nib.Nifti1Image],
+    report: CaseReport,
+    allow_missing: bool = False,
+    read_images: bool = True,
 ) -> set[int] | None:
     """Read each volume once: readable, finite, not constant; returns the label values (None without a
     usable label).
 
     A constant image (all zeros, say) holds no contrast: models treat it as missing, so it is a
-    problem unless missing contrasts are allowed, and then a warning.
+    problem unless missing contrasts are allowed, and then a warning. Without ``read_images`` only
+    the label is read (inference reads the images itself, and checks them as it does).
     """
     values: set[int] | None = None
     for rel, img in images.items():
+        if rel != case.label and not read_images:
+            continue
         arr = _read(img, rel, report.problems)
         if arr is None:
             continue
@@ -300,6 +307,7 @@ def validate_case(
     declared_convention: str | None = None,
     allow_missing: bool = False,
     atol: float = AFFINE_ATOL_MM,
+    read_images: bool = True,
 ) -> CaseReport:
     """Check one case: contrasts present, files readable, 3D (4D for MSD images), one grid, finite values,
     label values inside a convention.
@@ -312,6 +320,8 @@ def validate_case(
             the label values must fit it. Without one it is detected from the values.
         allow_missing: a missing contrast is a warning rather than a problem (at least one must be there).
         atol: tolerance (mm) when comparing affines between the files of the case.
+        read_images: read the image volumes (finite, not constant); False checks their headers only,
+            for a caller that reads and checks them once itself (inference).
 
     Returns:
         A :class:`CaseReport`; ``report.ok`` is False when anything makes the case unusable.
@@ -323,7 +333,7 @@ def validate_case(
     _check_contrasts(case, allow_missing, report)
     images = _open_headers(case, report.problems)
     _check_grid(case, images, atol, report)
-    values = _check_data(case, images, report, allow_missing)
+    values = _check_data(case, images, report, allow_missing, read_images)
     _check_convention(case, values, declared_convention, report)
     return report
 

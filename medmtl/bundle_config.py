@@ -179,6 +179,26 @@ def check_weights(path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def coarse_state(weights: str | os.PathLike | None) -> Mapping[str, Any]:
+    """The weights of the trained coarse model a refinement or guided stage starts from.
+
+    Args:
+        weights: the coarse model's ``model.pt`` (the stage's ``coarse_weights``).
+
+    Returns:
+        Its state dict, read as data.
+
+    Raises:
+        ValueError: without ``weights``, or when the file is not a readable state dict.
+        FileNotFoundError: when it does not exist.
+    """
+    if not weights:
+        raise ValueError(
+            "this stage starts from a trained coarse model: set coarse_weights=RUN/models/model.pt"
+        )
+    return read_state_dict(weights)
+
+
 def model_info(bundle_root: str | os.PathLike, model_path: str | os.PathLike) -> dict[str, Any]:
     """Provenance for output sidecars: bundle name and version, weights file, library versions.
 

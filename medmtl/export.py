@@ -41,7 +41,6 @@ from medmtl.bundle_config import (
     EXPORT_FORMATS,
     MODEL_CONFIG_FILE,
     NETWORK_OUTPUTS,
-    bundle_file,
     read_metadata,
     read_model_config,
 )
@@ -100,7 +99,7 @@ class ExportResult:
 
 
 def bundle_network(bundle_root: str | os.PathLike) -> tuple[MultiTaskUNet, dict[str, Any], dict[str, Any]]:
-    """The trained network of a bundle, built by its ``configs/inference.json`` (``network_def``).
+    """The trained network of a bundle, as its inference predictor builds it (``configs/inference.json``).
 
     Args:
         bundle_root: bundle folder with ``configs/inference.json``, ``models/model.pt`` and
@@ -112,17 +111,14 @@ def bundle_network(bundle_root: str | os.PathLike) -> tuple[MultiTaskUNet, dict[
     Raises:
         FileNotFoundError: when a file of the bundle is missing.
     """
-    from monai.bundle import ConfigParser
+    from medmtl.inference.predictor import build_predictor
 
     root = Path(bundle_root).resolve()
-    config = bundle_file(root)
     model_config = read_model_config(root / "models" / MODEL_CONFIG_FILE)
-    parser = ConfigParser()
-    parser.read_config(str(config))
     meta = read_metadata(root)
-    parser["bundle_root"] = str(root)
-    net = parser.get_parsed_content("network_def")
-    load_weights(net, root / "models" / "model.pt")
+    # the network as inference builds and loads it: one way to load a bundle's weights
+    predictor, _ = build_predictor(root, device="cpu")
+    net = predictor.network
     return net.eval(), model_config, meta
 
 

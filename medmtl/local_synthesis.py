@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import tempfile
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -439,6 +438,8 @@ def run_local(
     from monai.transforms import Invertd
 
     from medmtl.inference.cases import case_entry
+    from medmtl.inference.engine import SplitPredictiond
+    from medmtl.inference.predictor import Predictor, in_memory_image
     from medmtl.transforms import brain_crop_transforms
 
     if task not in TASKS:
@@ -486,30 +487,32 @@ def run_local(
             raise FileExistsError(f"outputs exist ({existing[0]}, ...); pass overwrite=True / --overwrite")
 
     net, cfg, dev = _load_bundle(bundle, device)
-    data = {"image": [files[c] for c in CONTRASTS], "contrasts": list(CONTRASTS), "case_id": entry["case_id"]}
-    with tempfile.TemporaryDirectory(prefix="medmtl_local_") as tmp:
-        region_file = str(Path(tmp) / "region.nii.gz")
-        nib.save(nib.Nifti1Image(region.astype(np.uint8), ref.affine), region_file)
-        data["region_mask"] = region_file
-        keys = ["image", "region_mask"]
-        if task == "lesion":
-            label_file = str(Path(tmp) / "label.nii.gz")
-            nib.save(nib.Nifti1Image(np.rint(arr).astype(np.uint8), ref.affine), label_file)
-            data["label"], data["label_convention"] = label_file, convention
-            keys.append("label")
-        pre = Compose(
-            [*brain_crop_transforms(keys, cfg["spacing"]), LocalSynthesisTaskd(keys="image", task=task)]
-        )
-        d = pre(data)
-        inferer = SlidingWindowInferer(
-            roi_size=cfg["val_roi_size"], sw_batch_size=1, overlap=0.5, mode="gaussian"
-        )
-        with torch.inference_mode():
-            pred = inferer(d["image"][None].to(dev), lambda x: net(x)["synth"])
-        d["synth"] = MetaTensor(pred[0].cpu(), meta=d["image"].meta)
-        d["synth"].applied_operations = list(d["image"].applied_operations)
-        d = Invertd(keys="synth", transform=pre, orig_keys="image", nearest_interp=False)(d)
-        synth = np.asarray(d["synth"], dtype=np.float32)
+    # The images were read once above: they go in as MetaTensors on the scan's grid.
+    data: dict[str, Any] = {
+        "image": [in_memory_image(images[c], ref.affine, files[c]) for c in CONTRASTS],
+        "contrasts": list(CONTRASTS),
+        "case_id": entry["case_id"],
+        "region_mask": in_memory_image(region.astype(np.uint8), ref.affine, "region"),
+    }
+    keys = ["image", "region_mask"]
+    if task == "lesion":
+        data["label"] = in_memory_image(np.rint(arr).astype(np.uint8), ref.affine, str(mask))
+        data["label_convention"] = convention
+        keys.append("label")
+    pre = Compose(
+        [*brain_crop_transforms(keys, cfg["spacing"]), LocalSynthesisTaskd(keys="image", task=task)]
+    )
+    post = Compose(
+        [
+            SplitPredictiond(keys="pred"),
+            Invertd(keys="synth", transform=pre, orig_keys="image", nearest_interp=False),
+        ]
+    )
+    inferer = SlidingWindowInferer(
+        roi_size=cfg["val_roi_size"], sw_batch_size=1, overlap=0.5, mode="gaussian"
+    )
+    out = Predictor(net, pre, inferer, post, device=dev)(data)
+    synth = np.asarray(torch.as_tensor(out["synth"]).cpu(), dtype=np.float32)
 
     out_images: dict[str, np.ndarray] = {}
     for i, c in enumerate(CONTRASTS):

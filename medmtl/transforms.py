@@ -64,6 +64,97 @@ DEFAULT_INPUTS: tuple[str, ...] = ("t1n", "t2w", "t2f")
 DEFAULT_TARGETS: tuple[str, ...] = ("t1c",)
 
 
+class LoadImagesd(LoadImaged):
+    """MONAI's ``LoadImaged`` that also takes images already in memory.
+
+    A value that is a tensor (one image, channel first) or a list of 3D tensors (one per contrast,
+    stacked as channels as ``LoadImage`` stacks a list of files) is kept as it is, with the affine of
+    its ``MetaTensor``; file names are read by MONAI. Arrays reach the inference pipeline this way,
+    with nothing written to temporary files.
+
+    Args:
+        keys: keys to load.
+        allow_missing_keys: don't raise for absent keys.
+        kwargs: passed to :class:`monai.transforms.LoadImaged`.
+    """
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **kwargs: Any) -> None:
+        super().__init__(keys, allow_missing_keys=True, **kwargs)
+        self.strict = not allow_missing_keys
+
+    @staticmethod
+    def _in_memory(value: Any) -> bool:
+        if isinstance(value, torch.Tensor):
+            return True
+        listed = isinstance(value, (list, tuple)) and bool(value)
+        return listed and all(isinstance(v, torch.Tensor) for v in value)
+
+    def __call__(self, data: Mapping[Hashable, Any], reader: Any = None) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.strict:
+            missing = [k for k in self.keys if k not in d]
+            if missing:
+                raise KeyError(f"keys {missing} are not in the data")
+        held = {k: d.pop(k) for k in list(self.keys) if k in d and self._in_memory(d[k])}
+        if any(k in d for k in self.keys):
+            try:
+                d = dict(super().__call__(d, reader))
+            except Exception as err:  # noqa: BLE001 - named below by file, or raised as it was
+                raise self._read_error(d, err) from err
+        for key, value in held.items():
+            if isinstance(value, (list, tuple)):
+                first = value[0]
+                plain = [v.as_tensor() if isinstance(v, MetaTensor) else v for v in value]
+                value = MetaTensor(torch.stack(plain), meta=dict(getattr(first, "meta", {})))
+                value.meta["original_channel_dim"] = 0
+            d[key] = value
+        for key in self.key_iterator(d):
+            source = held.get(key, data.get(key))
+            names = (
+                [getattr(v, "meta", {}).get("filename_or_obj", v) for v in source]
+                if isinstance(source, (list, tuple))
+                else [getattr(source, "meta", {}).get("filename_or_obj", source)]
+            )
+            _check_finite(d[key], [str(n) for n in names])
+        return d
+
+    def _read_error(self, data: Mapping[Hashable, Any], err: Exception) -> Exception:
+        """The file that could not be read, named, for a damaged file; ``err`` itself otherwise."""
+        import nibabel as nib
+
+        for key in self.keys:
+            value = data.get(key)
+            for f in value if isinstance(value, (list, tuple)) else [value]:
+                if not isinstance(f, str) or not f:
+                    continue
+                try:
+                    np.asanyarray(nib.load(f).dataobj)
+                except Exception as cause:  # noqa: BLE001 - every way a damaged file fails to read
+                    return ValueError(
+                        f"{f}: cannot read the voxel data, the file is truncated or corrupt "
+                        f"({type(cause).__name__}: {cause})"
+                    )
+        return err
+
+
+def _check_finite(image: Any, names: Sequence[str]) -> None:
+    """Raise, naming the file, when a loaded image holds NaN or infinite voxels.
+
+    Args:
+        image: the loaded image; channels first when it was stacked from several files.
+        names: the file (or in-memory image) behind each channel; one name for a single file.
+    """
+    t = torch.as_tensor(image)
+    if not t.is_floating_point() or bool(torch.isfinite(t).all()):
+        return
+    channels = t if len(names) > 1 else t[None]
+    for i, channel in enumerate(channels):
+        bad = int(channel.numel() - torch.isfinite(channel).sum())
+        if bad:
+            name = names[i] if i < len(names) else names[0]
+            raise ValueError(f"{name}: {bad} voxels are NaN or infinite (expected finite intensities)")
+
+
 class ReorderContrastsd(MapTransform):
     """Put the channels of a multi-contrast image into canonical order (t1n, t1c, t2w, t2f).
 
@@ -477,7 +568,7 @@ def _load_and_canonicalise(
         CopyItemsd(keys="label_convention", names="convention", allow_missing_keys=True),
         # Variable-length lists do not collate into batches; "contrasts" is canonical after reordering.
         DeleteItemsd(keys=["label_convention", "missing"]),
-        LoadImaged(keys=list(keys), image_only=True, allow_missing_keys=True),
+        LoadImagesd(keys=list(keys), image_only=True, allow_missing_keys=True),
         EnsureChannelFirstd(keys=list(keys), allow_missing_keys=True),
         EnsureTyped(keys=list(keys), dtype=torch.float32, allow_missing_keys=True),
     ]

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.transforms import Spacing
 
+from medmtl.bundle_config import coarse_state
 from medmtl.cli import main
 from medmtl.networks import GuidedSynthesisUNet, apply_guidance, get_network, set_trainable
 from medmtl.networks.guided import load_coarse_guided
@@ -49,7 +50,7 @@ def test_started_from_a_coarse_model_it_returns_that_model_upsampled(tmp_path):
         for p in coarse.synth_decoder.head.parameters():
             p.add_(0.1 * torch.randn_like(p))
     torch.save(coarse.state_dict(), tmp_path / "model.pt")
-    net = load_coarse_guided(_net(), str(tmp_path / "model.pt"))
+    net = load_coarse_guided(_net(), coarse_state(str(tmp_path / "model.pt")))
     x = torch.randn(1, 4, 32, 24, 17)
     mask = torch.tensor([[1.0, 0.0, 1.0, 1.0]])
     x[:, 1] = 0
@@ -69,10 +70,10 @@ def test_started_from_a_coarse_model_it_returns_that_model_upsampled(tmp_path):
         )
     assert net.synth_channels == 4 and net.divisor == 2 * net.base.divisor and net.input_mask
     with pytest.raises(ValueError, match="coarse_weights"):
-        load_coarse_guided(_net(), None)
+        load_coarse_guided(_net(), coarse_state(None))
     torch.save(get_network("cpu", in_channels=4, synth_channels=2).state_dict(), tmp_path / "other.pt")
     with pytest.raises(ValueError, match="other.pt"):
-        load_coarse_guided(_net(), str(tmp_path / "other.pt"))
+        load_coarse_guided(_net(), coarse_state(tmp_path / "other.pt"), str(tmp_path / "other.pt"))
 
 
 def test_an_absent_input_contributes_nothing():

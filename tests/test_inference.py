@@ -652,3 +652,65 @@ def test_the_run_summary_of_case_dicts_is_dropped():
     for msg in summary:
         assert not keep(record(msg)), msg
     assert keep(record("medmtl infer: 1 of 1 case(s) written to out"))
+
+
+# ----------------------------------------------------------------------------------------------
+# one predictor: each volume read once, arrays in memory
+
+
+def test_predict_reads_each_volume_once(tiny_bundle, phantom_cases, monkeypatch) -> None:
+    import nibabel.arrayproxy as arrayproxy
+
+    reads: dict[str, int] = {}
+    original = arrayproxy.ArrayProxy.__array__
+
+    def counting(self, *args, **kwargs):
+        name = str(getattr(self.file_like, "name", self.file_like))
+        reads[name] = reads.get(name, 0) + 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(arrayproxy.ArrayProxy, "__array__", counting)
+    model = medmtl.load_model(tiny_bundle, device="cpu", num_workers=0)  # reads in this process
+    case = phantom_cases["brats2023"]
+    model.predict(case)
+    counts = {f.name: reads.get(str(f.resolve()), 0) for f in image_files(case)}
+    assert counts and set(counts.values()) == {1}, (counts, reads)
+
+
+def test_predict_on_arrays_writes_no_file(tiny_bundle, phantom_cases, monkeypatch, tmp_path) -> None:
+    import tempfile
+
+    from monai.data import MetaTensor
+
+    spare = tmp_path / "tmp"
+    spare.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spare))
+    model = medmtl.load_model(tiny_bundle, device="cpu", num_workers=0)
+    case = phantom_cases["brats2023"]
+    files = {"t1n": file_of(case, "t1n"), "t2w": file_of(case, "t2w"), "t2f": file_of(case, "t2f")}
+    from_files = model.predict({k: str(v) for k, v in files.items()})
+    images = {k: nib.load(v) for k, v in files.items()}
+    arrays = {k: np.asanyarray(img.dataobj) for k, img in images.items()}
+    affine = images["t1n"].affine
+    from_arrays = model.predict(arrays, affine=affine)
+    # MetaTensors carry their own affine
+    metas = {k: MetaTensor(np.asarray(a, np.float32), affine=affine) for k, a in arrays.items()}
+    from_metas = model.predict(metas)
+    for pred in (from_arrays, from_metas):
+        assert np.array_equal(pred.seg, from_files.seg)
+        assert np.allclose(pred.synth["t1c"], from_files.synth["t1c"])
+        assert np.allclose(pred.affine, affine)
+    assert list(spare.iterdir()) == []
+
+
+def test_non_finite_voxels_are_reported_by_name(capsys, tiny_bundle, phantom_cases, tmp_path) -> None:
+    case = copy_case(phantom_cases["brats2023"], tmp_path)
+    bad = file_of(case, "t2f")
+    arr, affine, _ = read(bad)
+    arr = arr.astype(np.float32)
+    arr[5, 5, 5] = np.nan
+    _rewrite(bad, arr, affine)
+    out = tmp_path / "pred"
+    rc, _, err = infer(capsys, case, "--bundle", tiny_bundle, "--out", out)
+    assert_user_error(rc, err, bad.name, "NaN or infinite")
+    assert_no_output(out)

@@ -163,7 +163,8 @@ def _imports(path: Path) -> list[str]:
 
 def test_dependencies_run_one_way() -> None:
     """No library module imports the CLI or the package's face; inference does not import export;
-    data_prep uses only medmtl's leaf tables."""
+    networks know tensors, not files (no bundle, io or data module); data_prep uses only medmtl's
+    leaf tables."""
     leaf_tables = {"medmtl.contrasts", "medmtl.labels", "medmtl.io"}
     wrong = []
     for path in sorted((REPO / "medmtl").rglob("*.py")) + sorted((REPO / "data_prep").rglob("*.py")):
@@ -177,6 +178,12 @@ def test_dependencies_run_one_way() -> None:
                 wrong.append(f"{rel}: the command line ({mod})")
             elif rel.startswith("medmtl/inference/") and mod.startswith("medmtl.export"):
                 wrong.append(f"{rel}: export (export builds on inference)")
+            elif (
+                rel.startswith("medmtl/networks/")
+                and mod.startswith("medmtl")
+                and not mod.startswith("medmtl.networks")
+            ):
+                wrong.append(f"{rel}: {mod} (networks import only medmtl.networks)")
             elif rel.startswith("data_prep/") and mod.startswith("medmtl") and mod not in leaf_tables:
                 wrong.append(f"{rel}: {mod} (data_prep uses only {sorted(leaf_tables)})")
     assert not wrong, wrong

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
+from monai.data import MetaTensor
 
-from medmtl.bundle_config import DEFAULT_BUNDLE, bundle_file
-from medmtl.contrasts import canonical
+from medmtl.bundle_config import DEFAULT_BUNDLE
 from medmtl.inference.cases import case_entry, check_cases
-from medmtl.inference.outputs import _source_reference, case_outputs
+from medmtl.inference.outputs import case_outputs
 from medmtl.inference.postprocessing import region_thresholds
+from medmtl.inference.predictor import array_entry, build_predictor
 from medmtl.labels import OUTPUT_CONVENTIONS, regions_to_label, writable_convention
 
 
@@ -48,7 +47,7 @@ class Prediction:
 
 
 class MultiTaskModel:
-    """A trained bundle ready to predict, built from its ``configs/inference.json``.
+    """A trained bundle ready to predict: its inference config's :class:`Predictor`, in memory.
 
     Args:
         bundle_dir: the bundle folder.
@@ -59,35 +58,18 @@ class MultiTaskModel:
     def __init__(
         self, bundle_dir: str | os.PathLike = DEFAULT_BUNDLE, device: str | None = None, **overrides
     ):
-        from monai.bundle import ConfigParser
-
         self.bundle_dir = Path(bundle_dir).resolve()
-        cfg = bundle_file(self.bundle_dir)
-        parser = ConfigParser()
-        parser.read_config(str(cfg))
-        parser.read_meta(str(self.bundle_dir / "configs" / "metadata.json"))
-        parser["bundle_root"] = str(self.bundle_dir)
-        if device is not None:
-            parser["device"] = f"$torch.device('{device}')"
-        for k, v in overrides.items():
-            parser[k] = v
+        self.predictor, parser = build_predictor(self.bundle_dir, device=device, **overrides)
         self.parser = parser
-        self.network = parser.get_parsed_content("network")
-        self.inferer = parser.get_parsed_content("inferer")
-        self.preprocessing = parser.get_parsed_content("preprocessing")
-        self.postprocessing = parser.get_parsed_content("postprocessing")
-        self.device = parser.get_parsed_content("device")
+        self.network = self.predictor.network
+        self.device = self.predictor.device
         self.targets = list(parser.get_parsed_content("target_contrasts"))
         self.inputs = list(parser.get_parsed_content("input_contrasts"))
-        self.use_mask = bool(parser.get_parsed_content("input_mask"))
-        # The bundle's evaluator runs the network under CUDA autocast when ``amp``; so does predict.
-        self.amp = bool(parser.get_parsed_content("amp"))
+        self.use_mask = self.predictor.input_mask
         self.min_component_ml = float(parser.get_parsed_content("min_component_ml"))
         self.et_min_ml = float(parser.get_parsed_content("et_min_ml"))
         self.synth_landmarks = parser.get_parsed_content("synth_landmarks")
         self.thresholds = region_thresholds(parser.get_parsed_content("thresholds"), "thresholds")
-        parser.get_parsed_content("load_weights")
-        self.network.eval()
 
     def predict(
         self,
@@ -99,12 +81,13 @@ class MultiTaskModel:
     ) -> Prediction:
         """Segment and synthesise one case without writing files.
 
-        Runs the bundle's preprocessing, inferer and postprocessing, and turns the result into arrays
-        exactly as ``medmtl infer`` writes them.
+        The case goes through the bundle's predictor (the evaluator ``medmtl infer`` runs), and the
+        result is turned into arrays exactly as ``medmtl infer`` writes them.
 
         Args:
-            case: a case folder, a mapping ``{contrast: path}``, or ``{contrast: array}`` (3D arrays
-                on one grid; then ``affine`` gives that grid, identity when omitted).
+            case: a case folder, a mapping ``{contrast: path}``, or ``{contrast: array}`` (3D numpy
+                arrays or MetaTensors on one grid; then ``affine`` gives that grid, identity when
+                omitted; a MetaTensor's own affine wins).
             affine: voxel-to-world matrix for array input.
             convention: label convention of the returned map (``brats2021`` or ``brats2023``); by
                 default the input's (from its layout or label map), BraTS 2023 for arrays.
@@ -121,7 +104,7 @@ class MultiTaskModel:
         Raises:
             FileNotFoundError: for a missing folder or file.
             ValueError: for an unusable case (unreadable or non-3D file, grids that differ, a missing
-                input contrast the model cannot do without), naming the file.
+                input contrast the model cannot do without), naming the file or array.
         """
         if convention is not None and convention not in OUTPUT_CONVENTIONS:
             raise ValueError(f"convention must be one of {list(OUTPUT_CONVENTIONS)}, got {convention!r}")
@@ -134,103 +117,58 @@ class MultiTaskModel:
             return prediction_to_reference(pred, study)
         if reference is not None:
             raise ValueError("reference= applies with preprocess=True only")
-        with tempfile.TemporaryDirectory(prefix="medmtl_") as tmp:
-            copies: dict[str, str] = {}
-            if isinstance(case, Mapping) and any(isinstance(v, np.ndarray) for v in case.values()):
-                copies = _arrays_to_files(case, affine, Path(tmp))
-                case = {**case, **copies}
+        arrays = isinstance(case, Mapping) and any(_in_memory(v) for v in case.values())
+        if arrays:
+            if not all(_in_memory(v) for v in case.values()):
+                raise ValueError("give every contrast as an array, or every contrast as a file")
+            if affine is None and not all(isinstance(v, MetaTensor) for v in case.values()):
+                warnings.warn(
+                    "predict() got arrays without affine=: assuming identity (1 mm voxels, RAS axes). "
+                    "Outputs, resampling and volumes are wrong if the scan has another grid; pass the "
+                    "scan's affine",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            entry = array_entry(case, affine)
+            entry["convention_source"] = "default for arrays"
+        else:
             try:
                 entry = case_entry(case)
-                check_cases([entry], self.inputs, self.use_mask)
             except (FileNotFoundError, ValueError) as err:
-                if not copies:
-                    from medmtl.preprocessing.study import preprocess_hint
+                from medmtl.preprocessing.study import preprocess_hint
 
-                    hint = preprocess_hint(str(err), case)
-                    if hint is None:
-                        raise
-                    raise ValueError(hint) from None
-                # Name the user's arrays, not the temporary files they were written to.
-                msg = str(err)
-                for key, path in copies.items():
-                    msg = msg.replace(path, f"array {key!r}")
-                raise type(err)(msg.replace(tmp, "<arrays>")) from None
-            if copies:
-                entry["convention_source"] = "default for arrays"
-            conv = writable_convention(convention or entry.get("label_convention"))
-            entry["label_convention"] = conv
-            entry.pop("label", None)
-            data = self.preprocessing(entry)
-            batch = {
-                k: (v.unsqueeze(0).to(self.device) if isinstance(v, torch.Tensor) else v)
-                for k, v in data.items()
-            }
-            kwargs = {"channel_mask": batch["channel_mask"]} if self.use_mask else {}
-            with (
-                torch.inference_mode(),
-                torch.autocast("cuda", enabled=self.amp and self.device.type == "cuda"),
-            ):
-                pred = self.inferer(batch["image"], self.network, **kwargs)
-            out = dict(data)
-            out["pred"] = {k: v[0].cpu() for k, v in pred.items()}
-            out = self.postprocessing(out)
-            ref = nib.load(_source_reference(out))
-            zooms = ref.header.get_zooms()[:3]
-            prob, regions, synth = case_outputs(
-                out,
-                self.targets,
-                threshold=self.thresholds,
-                min_component_ml=self.min_component_ml,
-                spacing=zooms,
-                et_min_ml=self.et_min_ml,
-                synth_landmarks=self.synth_landmarks,
-            )
-            return Prediction(
-                case_id=str(entry["case_id"]),
-                seg=regions_to_label(regions, conv)[0],
-                probabilities=prob,
-                synth=synth,
-                affine=np.asarray(ref.affine),
-                convention=conv,
-            )
-
-
-def _arrays_to_files(case: Mapping[str, Any], affine: np.ndarray | None, folder: Path) -> dict[str, str]:
-    """Write the arrays of a case to NIfTI files in ``folder`` (paths in ``case`` are left as they are).
-
-    Args:
-        case: ``{contrast: array or path}``.
-        affine: the arrays' voxel-to-world matrix; identity (1 mm voxels, RAS) with a warning when None.
-        folder: where to write.
-
-    Returns:
-        ``{contrast: written file}`` for the arrays.
-
-    Raises:
-        ValueError: for an array that is not 3D or an affine that is not 4x4, naming the contrast.
-    """
-    if affine is None:
-        warnings.warn(
-            "predict() got arrays without affine=: assuming identity (1 mm voxels, RAS axes). Outputs, "
-            "resampling and volumes are wrong if the scan has another grid; pass the scan's affine",
-            UserWarning,
-            stacklevel=3,
+                hint = preprocess_hint(str(err), case)
+                if hint is None:
+                    raise
+                raise ValueError(hint) from None
+        check_cases([entry], self.inputs, self.use_mask)
+        conv = writable_convention(convention or entry.get("label_convention"))
+        entry["label_convention"] = conv
+        entry.pop("label", None)
+        out = self.predictor(entry)
+        grid = np.asarray(torch.as_tensor(out["seg"].affine), dtype=np.float64)
+        zooms = tuple(float(z) for z in np.sqrt((grid[:3, :3] ** 2).sum(axis=0)))
+        prob, regions, synth = case_outputs(
+            out,
+            self.targets,
+            threshold=self.thresholds,
+            min_component_ml=self.min_component_ml,
+            spacing=zooms,
+            et_min_ml=self.et_min_ml,
+            synth_landmarks=self.synth_landmarks,
         )
-        aff = np.eye(4)
-    else:
-        aff = np.asarray(affine, dtype=np.float64)
-        if aff.shape != (4, 4) or not np.isfinite(aff).all():
-            raise ValueError(f"affine: expected a finite 4x4 matrix, got shape {aff.shape}")
-    files: dict[str, str] = {}
-    for key, arr in case.items():
-        if not isinstance(arr, np.ndarray):
-            continue
-        if arr.ndim != 3:
-            raise ValueError(f"array {key!r}: expected a 3D array, got shape {arr.shape}")
-        path = folder / f"case-{canonical(key)}.nii"  # BraTS 2023 spelling: arrays name no release
-        nib.save(nib.Nifti1Image(arr.astype(np.float32), aff), str(path))
-        files[key] = str(path)
-    return files
+        return Prediction(
+            case_id=str(entry["case_id"]),
+            seg=regions_to_label(regions, conv)[0],
+            probabilities=prob,
+            synth=synth,
+            affine=grid,
+            convention=conv,
+        )
+
+
+def _in_memory(value: Any) -> bool:
+    return isinstance(value, (np.ndarray, torch.Tensor))
 
 
 def load_model(

@@ -44,9 +44,14 @@ def shard(entries: Sequence[dict]) -> list[dict]:
     return parts[rank] if rank < len(parts) else []
 
 
-def _entry_files(entry: Mapping[str, Any]) -> list[str]:
+def _entry_images(entry: Mapping[str, Any]) -> list[Any]:
     image = entry.get("image")
-    return [str(f) for f in (image if isinstance(image, (list, tuple)) else [image]) if f]
+    return [f for f in (image if isinstance(image, (list, tuple)) else [image]) if f is not None]
+
+
+def _entry_files(entry: Mapping[str, Any]) -> list[str]:
+    """The image files of an entry (in-memory images, from ``predict``, are not files)."""
+    return [str(f) for f in _entry_images(entry) if isinstance(f, (str, os.PathLike)) and f]
 
 
 def check_cases(entries: Sequence[dict], inputs: Sequence[str], input_mask: bool) -> list[dict]:
@@ -72,14 +77,14 @@ def check_cases(entries: Sequence[dict], inputs: Sequence[str], input_mask: bool
     for entry in entries:
         cid = entry.get("case_id", "?")
         files = _entry_files(entry)
-        if not files:
+        if not _entry_images(entry):
             raise ValueError(f"case {cid}: no image file in its entry {dict(entry)}")
         for f in files:
             if not Path(f).is_file():
                 raise FileNotFoundError(f"case {cid}: image file {f} does not exist")
         present = [canonical(c) for c in entry.get("contrasts") or CONTRASTS]
         absent = [c for c in wanted if c not in present]
-        where = Path(files[0]).parent
+        where = Path(files[0]).parent if files else "arrays"
         if absent and (not input_mask or len(absent) == len(wanted)):
             need = "all of" if not input_mask else "at least one of"
             why = " (it was trained without an input mask)" if not input_mask else ""
@@ -121,8 +126,10 @@ def datalist_cases(
 def case_entry(case: str | os.PathLike | Mapping[str, Any], case_id: str | None = None) -> dict[str, Any]:
     """Turn what a user hands in into a validated, datalist-style entry with absolute paths.
 
-    The case is checked as ``medmtl prepare`` checks it (readable files, 3D, one grid, finite values),
-    with missing contrasts allowed: the model is told which inputs are absent.
+    The case is checked as ``medmtl prepare`` checks it (readable headers, 3D, one grid, label values),
+    with missing contrasts allowed: the model is told which inputs are absent. The voxel data are
+    read once, by the pipeline, which checks them as it loads them (truncated files, non-finite
+    values: :class:`medmtl.transforms.LoadImagesd`).
 
     Args:
         case: a case folder in any supported layout, or a mapping ``{contrast: path}`` with any
@@ -177,12 +184,13 @@ def case_entry(case: str | os.PathLike | Mapping[str, Any], case_id: str | None 
                 f"{folder} holds {len(cases)} cases ({where}); give one case folder or a datalist"
             )
         found, root = cases[0], Path(cases[0].root)
-    report = validate_case(found, allow_missing=True)
+    # Headers only: the pipeline reads each volume once and checks it then (LoadImagesd).
+    report = validate_case(found, allow_missing=True, read_images=False)
     if not report.ok and found.label is not None:
         # Inference never reads the ground truth: a bad label file must not block it. The output
         # convention then comes from the layout alone (and the sidecar says which it is).
         without_label = dataclasses.replace(found, label=None)
-        retry = validate_case(without_label, allow_missing=True)
+        retry = validate_case(without_label, allow_missing=True, read_images=False)
         if retry.ok:
             bad = [str(p) for p in report.problems if str(found.label) in str(p)]
             warnings.warn(

@@ -101,7 +101,27 @@ def user_error(err: BaseException) -> BaseException | None:
         seen.add(id(cur))
         if isinstance(cur, USER_ERRORS):
             return cur
+        remote = _worker_error(cur)
+        if remote is not None:
+            return remote
         cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _worker_error(err: BaseException) -> BaseException | None:
+    """The user error a data-loader worker raised: torch re-raises it as text in the parent process.
+
+    The worker's traceback arrives in the message, its last line ``ValueError: <what>``; the
+    exception object itself (and its type, when a MONAI transform wrapped it) stays in the worker.
+    """
+    text = str(err)
+    if "DataLoader worker process" not in text:
+        return None
+    by_name = {t.__name__: t for t in USER_ERRORS}
+    for line in reversed(text.splitlines()):
+        name, sep, message = line.strip().partition(": ")
+        if sep and name in by_name:
+            return by_name[name](message)
     return None
 
 
@@ -173,9 +193,12 @@ def _case_entry(case: Any) -> dict:
 def cli_main(args: argparse.Namespace) -> int:
     """Run ``medmtl infer``: check cases and output folder up front, then run the bundle's inference config.
 
-    Everything a user can get wrong (a missing, unreadable, 2D/4D or corrupt file, contrasts on
-    different grids, a missing input contrast, an existing output without ``--overwrite``, an
-    unwritable output folder) is reported before any output is written.
+    Everything a user can get wrong about a case's files (a missing or unreadable file, a 2D/4D
+    image, contrasts on different grids, a missing input contrast, an existing output without
+    ``--overwrite``, an unwritable output folder) is reported before any output is written, from the
+    headers. The voxel data are read once, when the case runs: a truncated file or non-finite
+    values stop the run there with one line naming the file; finished cases stay, and a rerun
+    resumes after them.
     """
     from monai.bundle import run
 
@@ -214,12 +237,13 @@ def cli_main(args: argparse.Namespace) -> int:
             raise ValueError(f"two inputs share a case id: {ids}")
         for e in entries:
             print(f"medmtl infer: case {e['case_id']}: {found_in(e)}", flush=True)
-        ov["cases"] = entries
     # Finished cases are skipped (a rerun resumes, for case folders as for datalists); only the rest
     # is checked.
     entries = pending_cases(shard(entries), out, targets, args.overwrite, restorations, inputs)
     check_cases(entries, inputs, bool(model["input_mask"]))
     check_replaceable(existing_outputs(entries, out, targets, restorations, inputs), out)
+    # The config runs exactly these cases: found, checked and filtered once, here.
+    ov["entries"] = entries
     quiet = nullcontext() if getattr(args, "verbose", False) else quiet_inference_logs()
     try:
         with quiet:

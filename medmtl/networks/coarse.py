@@ -8,7 +8,7 @@ subclass's part.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -118,36 +118,33 @@ class CoarseWrapper(nn.Module):
 
 def load_coarse_weights(
     net: CoarseWrapper,
-    weights: str | None,
+    state: Mapping[str, torch.Tensor],
     adapt: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], None] | None = None,
+    source: str = "the coarse weights",
 ) -> CoarseWrapper:
     """Load the weights of a trained coarse model into a wrapped network's coarse part.
 
     Args:
         net: the wrapped network.
-        weights: the coarse model's ``model.pt`` (read as data, ``weights_only``).
+        state: the coarse model's state dict (read by
+            :func:`medmtl.bundle_config.coarse_state`: networks know tensors, not files).
         adapt: called with (the checkpoint's state, the coarse network's own state) to rewrite entries
             whose shapes the wrapper changed, before loading.
+        source: what the state came from, for the error message.
 
     Returns:
         ``net``.
 
     Raises:
-        ValueError: without ``weights``, or when they do not fit the coarse network.
+        ValueError: when the weights do not fit the coarse network.
     """
-    from medmtl.bundle_config import read_state_dict
-
-    if not weights:
-        raise ValueError(
-            "this stage starts from a trained coarse model: set coarse_weights=RUN/models/model.pt"
-        )
-    state = dict(read_state_dict(weights))
+    state = dict(state)
     if adapt is not None:
         adapt(state, net.base.state_dict())
     try:
         net.base.load_state_dict(state)
     except RuntimeError as err:
         raise ValueError(
-            f"{weights} does not hold the weights of the coarse network its config describes: {err}"
+            f"{source} does not hold the weights of the coarse network its config describes: {err}"
         ) from None
     return net

@@ -20,6 +20,7 @@ Guided Filter", CVPR 2018) and the bilateral-grid coefficients of HDRNet (Gharbi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -115,7 +116,9 @@ class GuidedSynthesisUNet(CoarseWrapper):
         return {"seg": self.upsample_seg(coarse["seg"], x), "synth": synth, **self.extras(coarse)}
 
 
-def load_coarse_guided(net: GuidedSynthesisUNet, weights: str | None) -> GuidedSynthesisUNet:
+def load_coarse_guided(
+    net: GuidedSynthesisUNet, state: Mapping[str, torch.Tensor], source: str = "the coarse weights"
+) -> GuidedSynthesisUNet:
     """Start a guided network from a trained coarse model that synthesises intensities directly.
 
     Every weight is copied; the synthesis head's last projection, which predicted each target's
@@ -125,13 +128,14 @@ def load_coarse_guided(net: GuidedSynthesisUNet, weights: str | None) -> GuidedS
 
     Args:
         net: the guided network.
-        weights: the coarse model's ``model.pt`` (read as data, ``weights_only``).
+        state: the coarse model's state dict (:func:`medmtl.bundle_config.coarse_state`).
+        source: what the state came from, for the error message.
 
     Returns:
         ``net``.
 
     Raises:
-        ValueError: without ``weights``, or when they do not fit the coarse network.
+        ValueError: when the weights do not fit the coarse network.
     """
     c, t = net.in_channels, net.synth_channels
     bias_rows = [k * (c + 1) + c for k in range(t)]
@@ -145,4 +149,4 @@ def load_coarse_guided(net: GuidedSynthesisUNet, weights: str | None) -> GuidedS
                 widened[bias_rows] = value.to(widened.dtype)
                 state[key] = widened
 
-    return load_coarse_weights(net, weights, widen_head)
+    return load_coarse_weights(net, state, widen_head, source)

@@ -13,6 +13,7 @@ pathways (Medical Image Analysis 2017).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -155,17 +156,20 @@ class RefinedMultiTaskUNet(CoarseWrapper):
         return groups
 
 
-def load_coarse(net: RefinedMultiTaskUNet, weights: str | None) -> RefinedMultiTaskUNet:
+def load_coarse(
+    net: RefinedMultiTaskUNet, state: Mapping[str, torch.Tensor], source: str = "the coarse weights"
+) -> RefinedMultiTaskUNet:
     """Load the weights of a trained coarse model into a refined network's coarse part.
 
     Args:
         net: the refined network.
-        weights: the coarse model's ``model.pt`` (read as data, ``weights_only``).
+        state: the coarse model's state dict (:func:`medmtl.bundle_config.coarse_state`).
+        source: what the state came from, for the error message.
 
     Returns:
         ``net``.
 
     Raises:
-        ValueError: without ``weights``, or when they do not fit the coarse network.
+        ValueError: when the weights do not fit the coarse network.
     """
-    return load_coarse_weights(net, weights)
+    return load_coarse_weights(net, state, source=source)
