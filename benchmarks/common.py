@@ -311,10 +311,12 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
-def summarise(runs: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Median, min and max of each key over the runs of each model."""
+def summarise(
+    runs: list[dict[str, Any]], keys: Sequence[str], models: Sequence[str] = MODELS
+) -> dict[str, dict[str, float]]:
+    """Median, min and max of each key over the runs of each model (``run["model"]``)."""
     out: dict[str, dict[str, float]] = {}
-    for model in MODELS:
+    for model in models:
         mine = [r for r in runs if r["model"] == model]
         if not mine:
             continue
@@ -326,3 +328,24 @@ def summarise(runs: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, dict
                 out[model][f"{k}_min"] = round(min(vals), 3)
                 out[model][f"{k}_max"] = round(max(vals), 3)
     return out
+
+
+def paired_ratios(runs: list[dict[str, Any]], num: str, den: str, key: str) -> list[float]:
+    """``num / den`` of ``key`` within each repetition (``run["rep"]``: runs of one repetition ran
+    back to back, so a change of machine load hits both alike)."""
+    out = []
+    for rep in sorted({r["rep"] for r in runs}):
+        a = next((r[key] for r in runs if r["rep"] == rep and r["model"] == num), None)
+        b = next((r[key] for r in runs if r["rep"] == rep and r["model"] == den), None)
+        if a is not None and b:
+            out.append(a / b)
+    return out
+
+
+def verdicts(ratios: dict[str, Any], targets: dict[str, float]) -> dict[str, str]:
+    """PASS / MISS of each target (an upper bound on a ratio) present in ``ratios``."""
+    return {
+        k: ("PASS" if ratios[k] <= limit else "MISS") + f" ({ratios[k]:.3f} vs <= {limit})"
+        for k, limit in targets.items()
+        if k in ratios
+    }

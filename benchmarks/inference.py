@@ -44,12 +44,14 @@ from common import (
     load_volume,
     machine_info,
     median,
+    paired_ratios,
     proc_status,
     reset_peak_rss,
     run_child,
     self_peak_rss_mib,
     set_threads,
     summarise,
+    verdicts,
 )
 
 SCRIPT = str(Path(__file__).resolve())
@@ -189,17 +191,6 @@ def child_train(model: str, threads: int, batch: int, patch: int, steps: int, wa
 # Parent: interleaved runs, summary, ratios
 
 
-def paired_ratios(runs: list[dict[str, Any]], num: str, den: str, key: str) -> list[float]:
-    """``num / den`` of ``key`` within each repetition (runs of one repetition ran back to back)."""
-    out = []
-    for rep in sorted({r["rep"] for r in runs}):
-        a = next((r[key] for r in runs if r["rep"] == rep and r["model"] == num), None)
-        b = next((r[key] for r in runs if r["rep"] == rep and r["model"] == den), None)
-        if a is not None and b:
-            out.append(a / b)
-    return out
-
-
 def ratios(runs: list[dict[str, Any]], summary: dict[str, dict[str, float]]) -> dict[str, Any]:
     """Time and memory ratios of (a) to (b) and (c): ratio of medians and median of paired ratios."""
     out: dict[str, Any] = {}
@@ -218,15 +209,6 @@ def ratios(runs: list[dict[str, Any]], summary: dict[str, dict[str, float]]) -> 
                     out[f"{name}_a_over_{tag}_paired_median"] = round(median(paired), 3)
                     out[f"{name}_a_over_{tag}_paired"] = [round(p, 3) for p in paired]
     return out
-
-
-def verdicts(r: dict[str, Any]) -> dict[str, str]:
-    """PASS / MISS of each target on the ratio of medians."""
-    return {
-        k: ("PASS" if r[k] <= limit else "MISS") + f" ({r[k]:.3f} vs <= {limit})"
-        for k, limit in TARGETS.items()
-        if k in r
-    }
 
 
 def whole_process_check(volume: str, threads: int) -> dict[str, Any]:
@@ -390,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs": runs["infer"],
             "summary": summary,
             "ratios": rat,
-            "verdicts": verdicts(rat),
+            "verdicts": verdicts(rat, TARGETS),
         }
         print_table("Whole-volume inference (240x240x155)", summary, rat)
     if "train" in runs:
