@@ -15,11 +15,14 @@ without t1c.
         shared by every L), then fine-tuning on the L labelled cases with the segmentation loss only,
         encoder and both decoders trainable (the staged schedule of the method; M3AE pretrains the
         same way: Liu et al., AAAI 2023)
+``e``   control of ``d``: segmentation only on the L labelled cases, for ``d``'s whole budget
 ======  ===========================================================================================
 
 The budget is the same for every row: ``--epochs`` epochs of ``--epoch-length`` iterations (one
 iteration: one case, ``num_samples`` patches), whatever L, so a row with fewer cases sees each case
-more often rather than training for less. Row ``d``'s pretraining is one more such budget, spent once.
+more often rather than training for less. Row ``d``'s pretraining is one more such budget, spent once;
+row ``e`` is its control: segmentation only on the L labelled cases for twice the budget, so that a
+gain of ``d`` over ``a`` can be told from that of training longer.
 Every row is validated once, after its last epoch, and scored with its final weights (no model
 selection on the held-out cases). The L labelled cases are the first L of the training cases in an
 order drawn once from ``--seed``, so the sets are nested. Unlabelled studies of the dataset
@@ -62,7 +65,11 @@ ROWS: dict[str, str] = {
     "b": "joint, L labelled",
     "c": "joint, L labelled + the other training studies unlabelled",
     "d": "synthesis pretraining on all (unlabelled), then segmentation fine-tuning on L",
+    "e": "segmentation only, L labelled, twice the budget (row d's pretraining + fine-tuning)",
 }
+#: paired comparisons (row, baseline): every row against segmentation only, and row d against the
+#: control that spends its whole budget (pretraining included) on the labelled cases
+PAIRS: tuple[tuple[str, str], ...] = (("b", "a"), ("c", "a"), ("d", "a"), ("d", "e"))
 SCENARIOS = {"all": tuple(CONTRASTS), "no_t1c": tuple(c for c in CONTRASTS if c != "t1c")}
 PRETRAIN = "d_pretrain"
 
@@ -159,6 +166,9 @@ def train_row(
     seconds = 0.0
     if row == "a":
         seconds += train_run(run_dir, "seg_only", dataset_dir, dl, args)
+    elif row == "e":
+        twice = {"max_epochs": 2 * args.epochs, "val_interval": 2 * args.epochs}
+        seconds += train_run(run_dir, "seg_only", dataset_dir, dl, args, twice)
     elif row in ("b", "c"):
         seconds += train_run(run_dir, "plain", dataset_dir, dl, args)
     else:
@@ -209,22 +219,28 @@ def collect(out: Path, labelled: Sequence[int]) -> dict[str, Any]:
 
 
 def comparisons(out: Path, labelled: Sequence[int]) -> list[dict[str, Any]]:
-    """Paired differences of rows b, c, d against a at each L, per region and scenario."""
+    """Paired differences of each of :data:`PAIRS` at each L, per region and scenario."""
     rows = []
     for n in labelled:
-        base = out / f"a_L{n}"
-        if not (base / "result.json").is_file():
-            continue
-        for row in ("b", "c", "d"):
-            other = out / f"{row}_L{n}"
-            if not (other / "result.json").is_file():
+        for row, against in PAIRS:
+            base, other = out / f"{against}_L{n}", out / f"{row}_L{n}"
+            if not ((base / "result.json").is_file() and (other / "result.json").is_file()):
                 continue
             for scenario in SCENARIOS:
                 a_cases, o_cases = per_case(base, scenario), per_case(other, scenario)
                 for region in REGIONS:
                     stat = paired.paired(o_cases, a_cases, f"Dice_{region}")
                     if stat:
-                        rows.append({"L": n, "row": row, "scenario": scenario, "region": region, **stat})
+                        rows.append(
+                            {
+                                "L": n,
+                                "row": row,
+                                "against": against,
+                                "scenario": scenario,
+                                "region": region,
+                                **stat,
+                            }
+                        )
     return rows
 
 
@@ -243,8 +259,8 @@ def markdown(meta: Mapping[str, Any], found: Mapping[str, Any], pairs: Sequence[
         f"{meta['n_train']} labelled cases, {meta['n_unlabelled']} unlabelled studies. Budget of every row: "
         f"{meta['epochs']} epochs x {meta['epoch_length']} iterations = {meta['steps']} iterations "
         f"({meta['preset']} preset, seed {meta['seed']}); row d also spends one such budget on "
-        "synthesis pretraining, once for every L. Whole volumes, `medmtl infer` + `medmtl evaluate`; "
-        "mean ± std over the held-out cases.",
+        "synthesis pretraining, once for every L, and row e (its control) spends both on the labelled "
+        "cases. Whole volumes, `medmtl infer` + `medmtl evaluate`; mean ± std over the held-out cases.",
         "",
         "| L | row | recipe | "
         + " | ".join(f"all four: {r}" for r in REGIONS)
@@ -259,20 +275,24 @@ def markdown(meta: Mapping[str, Any], found: Mapping[str, Any], pairs: Sequence[
         cells = [n, row, ROWS[row]]
         cells += [_cell(s_all.get(f"Dice_{r}")) for r in REGIONS]
         cells += [_cell(s_no.get(f"Dice_{r}")) for r in REGIONS]
-        cells += [_cell(s_no.get("t1c_SSIM_brain")) if row != "a" else "-", f"{res['train_s']:.0f}"]
+        cells += [
+            _cell(s_no.get("t1c_SSIM_brain")) if row not in ("a", "e") else "-",
+            f"{res['train_s']:.0f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     if pairs:
         lines += [
             "",
-            "## Paired against row a (same L, same cases): Dice difference, cases won, Wilcoxon p",
+            "## Paired (same L, same cases): Dice difference, cases won, Wilcoxon p",
             "",
-            "| L | row | inputs | region | row mean | a mean | difference | wins | p |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| L | row | against | inputs | region | row mean | baseline mean | difference | wins | p |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for p in pairs:
             pv = "-" if p["p"] is None else f"{p['p']:.3f}"
             lines.append(
-                f"| {p['L']} | {p['row']} | {p['scenario']} | {p['region']} | {p['mean_a']:.3f} "
+                f"| {p['L']} | {p['row']} | {p.get('against', 'a')} | {p['scenario']} | {p['region']} "
+                f"| {p['mean_a']:.3f} "
                 f"| {p['mean_b']:.3f} | {p['diff_mean']:+.3f} ± {p['diff_std']:.3f} | {p['a_wins']}/{p['n']} "
                 f"| {pv} |"
             )
@@ -298,7 +318,7 @@ def figure(out: Path, labelled: Sequence[int], found: Mapping[str, Any]) -> Path
                 if not vals:
                     continue
                 # rows side by side at each L so the bands do not hide each other
-                xs.append(n * (1 + 0.04 * (i - 1.5)))
+                xs.append(n * (1 + 0.04 * (i - (len(ROWS) - 1) / 2)))
                 means.append(float(np.mean(vals)))
                 lo.append(float(np.percentile(vals, 25)))
                 hi.append(float(np.percentile(vals, 75)))
@@ -327,7 +347,7 @@ def save(out: Path, meta: Mapping[str, Any], labelled: Sequence[int]) -> dict[st
 
     found = collect(out, labelled)
     pairs = comparisons(out, labelled)
-    results = {"meta": dict(meta), "rows": found, "paired_vs_a": pairs}
+    results = {"meta": dict(meta), "rows": found, "paired": pairs}
     write_json(out / "label_scarcity.json", results)
     with atomic_path(out / "label_scarcity.md") as tmp:
         Path(tmp).write_text(markdown(meta, found, pairs))

@@ -714,3 +714,30 @@ def test_non_finite_voxels_are_reported_by_name(capsys, tiny_bundle, phantom_cas
     rc, _, err = infer(capsys, case, "--bundle", tiny_bundle, "--out", out)
     assert_user_error(rc, err, bad.name, "NaN or infinite")
     assert_no_output(out)
+
+
+@pytest.mark.parametrize(
+    "mask, restorations, kept",
+    [
+        ([1, 1, 1, 1], False, []),
+        ([1, 0, 1, 0], False, ["t1c", "t2f"]),
+        ([1, 1, 1, 1], True, ["t1n", "t1c", "t2w", "t2f"]),
+    ],
+)
+def test_only_written_synthesis_is_brought_back(mask, restorations, kept):
+    """Channels a case will not write are dropped before inversion; the kept ones keep their names."""
+    import torch
+
+    from medmtl.inference.outputs import SelectSynthd, case_outputs
+
+    targets = ["t1n", "t1c", "t2w", "t2f"]
+    synth = torch.stack([torch.full((4, 4, 4), float(i)) for i in range(4)])
+    channel_mask = torch.tensor(mask, dtype=torch.float32)
+    d = {"seg": torch.zeros(3, 4, 4, 4), "synth": synth, "channel_mask": channel_mask}
+    out = SelectSynthd(targets, targets, restorations)(d)
+    assert out["synth_contrasts"] == kept
+    assert ("synth" in out) == bool(kept)
+    _, _, images = case_outputs(out, targets, threshold=0.5)
+    assert sorted(images) == sorted(kept)
+    for name, image in images.items():
+        assert np.all(image == targets.index(name))

@@ -59,6 +59,8 @@ class MultiTaskModel:
         self, bundle_dir: str | os.PathLike = DEFAULT_BUNDLE, device: str | None = None, **overrides
     ):
         self.bundle_dir = Path(bundle_dir).resolve()
+        # predict() returns every synthesised contrast, restorations of the acquired ones included
+        overrides.setdefault("restorations", True)
         self.predictor, parser = build_predictor(self.bundle_dir, device=device, **overrides)
         self.parser = parser
         self.network = self.predictor.network

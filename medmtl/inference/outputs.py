@@ -232,6 +232,44 @@ def _output_mask(d: Mapping[Hashable, Any]) -> np.ndarray | None:
     return None
 
 
+#: key of the contrasts the ``synth`` channels hold once :class:`SelectSynthd` kept the written ones
+SYNTH_CONTRASTS_KEY = "synth_contrasts"
+
+
+class SelectSynthd(MapTransform):
+    """Keep the synthesised channels a case will write (:func:`written_contrasts`), before inversion.
+
+    Bringing a channel back to the scan's grid costs a full-resolution resampling; a case with all
+    four contrasts writes none by default, so its restorations are dropped here rather than after.
+    The kept names go to ``d["synth_contrasts"]``; ``synth`` is removed when none is kept.
+
+    Args:
+        targets: the model's synthesised contrasts, in the order of the ``synth`` channels.
+        inputs: the model's input contrasts, in the order of ``channel_mask``.
+        restorations: keep the synthesised versions of the acquired contrasts as well.
+    """
+
+    def __init__(self, targets: Sequence[str], inputs: Sequence[str], restorations: bool = False) -> None:
+        super().__init__(keys=["synth"], allow_missing_keys=True)
+        self.targets = [canonical(t) for t in targets]
+        self.inputs = [canonical(c) for c in inputs]
+        self.restorations = bool(restorations)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if d.get("synth") is None:
+            return d
+        mask = _as_list(d.get("channel_mask"), len(self.inputs))
+        acquired = [c for c, a in zip(self.inputs, mask) if a]
+        kept = written_contrasts(self.targets, acquired, self.restorations)
+        d[SYNTH_CONTRASTS_KEY] = kept
+        if not kept:
+            d.pop("synth")
+        elif len(kept) < len(self.targets):
+            d["synth"] = d["synth"][[self.targets.index(c) for c in kept]]
+        return d
+
+
 def case_outputs(
     d: Mapping[Hashable, Any],
     targets: Sequence[str],
@@ -249,7 +287,8 @@ def case_outputs(
     Args:
         d: a case after postprocessing: ``seg`` (3, H, W, D) probabilities, optional ``synth``
             (len(targets), H, W, D), and ``source_brain_mask`` or ``brain_mask`` (1, H, W, D).
-        targets: names of the synthesised contrasts, in the order of the ``synth`` channels.
+        targets: names of the synthesised contrasts, in the order of the ``synth`` channels (unless
+            :class:`SelectSynthd` kept some of them: ``d["synth_contrasts"]`` names those).
         threshold: probability threshold of the regions: one for all, or one per region (TC, WT,
             ET; a sequence or a mapping, see :func:`region_thresholds`).
         min_component_ml: remove whole-tumour components smaller than this (see
@@ -275,7 +314,7 @@ def case_outputs(
     synth: dict[str, np.ndarray] = {}
     if d.get("synth") is not None:
         images = np.asarray(torch.as_tensor(d["synth"]).detach().cpu(), dtype=np.float32)
-        for i, c in enumerate(targets):
+        for i, c in enumerate(d.get(SYNTH_CONTRASTS_KEY, targets)):
             synth[c] = np.where(brain, images[i], np.float32(0)) if brain is not None else images[i]
         synth = standardise_synth(synth, brain, synth_landmarks)
     return prob, regions, synth
@@ -354,7 +393,10 @@ class WriteCaseOutputsd(MapTransform):
         case_id = self._case_id(d, source)
         mask = _as_list(d.get("channel_mask"), len(self.inputs))
         acquired = [c for c, a in zip(self.inputs, mask) if a]
-        written = written_contrasts(self.targets, acquired, self.restorations) if "synth" in d else []
+        if SYNTH_CONTRASTS_KEY in d:
+            written = list(d[SYNTH_CONTRASTS_KEY]) if "synth" in d else []
+        else:
+            written = written_contrasts(self.targets, acquired, self.restorations) if "synth" in d else []
         paths = output_paths(self.out_dir, case_id, written)
         if self.write_probabilities:
             paths["prob"] = probability_path(self.out_dir, case_id)
