@@ -16,6 +16,8 @@ without t1c.
         encoder and both decoders trainable (the staged schedule of the method; M3AE pretrains the
         same way: Liu et al., AAAI 2023)
 ``e``   control of ``d``: segmentation only on the L labelled cases, for ``d``'s whole budget
+``f``   as ``c``, but labelled cases are drawn half the time (``labelled_fraction`` 0.5): in ``c`` the
+        segmentation loss sees only the labelled share of the iterations (L of L + unlabelled)
 ======  ===========================================================================================
 
 The budget is the same for every row: ``--epochs`` epochs of ``--epoch-length`` iterations (one
@@ -66,10 +68,11 @@ ROWS: dict[str, str] = {
     "c": "joint, L labelled + the other training studies unlabelled",
     "d": "synthesis pretraining on all (unlabelled), then segmentation fine-tuning on L",
     "e": "segmentation only, L labelled, twice the budget (row d's pretraining + fine-tuning)",
+    "f": "as c, labelled cases drawn half the time (labelled_fraction 0.5)",
 }
 #: paired comparisons (row, baseline): every row against segmentation only, and row d against the
 #: control that spends its whole budget (pretraining included) on the labelled cases
-PAIRS: tuple[tuple[str, str], ...] = (("b", "a"), ("c", "a"), ("d", "a"), ("d", "e"))
+PAIRS: tuple[tuple[str, str], ...] = (("b", "a"), ("c", "a"), ("d", "a"), ("d", "e"), ("f", "a"))
 SCENARIOS = {"all": tuple(CONTRASTS), "no_t1c": tuple(c for c in CONTRASTS if c != "t1c")}
 PRETRAIN = "d_pretrain"
 
@@ -162,7 +165,9 @@ def train_row(
         Wall seconds (row d's pretraining counted in the first row that runs it).
     """
     run_dir = out / f"{row}_L{n}"
-    dl = row_datalist(datalist, args.val_fold, args.seed, n, row in ("c",), out / f"datalist_{row}_L{n}.json")
+    with_unlabelled = row in ("c", "f")
+    dl_path = out / f"datalist_{row}_L{n}.json"
+    dl = row_datalist(datalist, args.val_fold, args.seed, n, with_unlabelled, dl_path)
     seconds = 0.0
     if row == "a":
         seconds += train_run(run_dir, "seg_only", dataset_dir, dl, args)
@@ -171,6 +176,8 @@ def train_row(
         seconds += train_run(run_dir, "seg_only", dataset_dir, dl, args, twice)
     elif row in ("b", "c"):
         seconds += train_run(run_dir, "plain", dataset_dir, dl, args)
+    elif row == "f":
+        seconds += train_run(run_dir, "plain", dataset_dir, dl, args, {"labelled_fraction": 0.5})
     else:
         pre = out / PRETRAIN
         if not _trained(pre):

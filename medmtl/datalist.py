@@ -133,6 +133,42 @@ def labelled_entries(entries: Iterable[Mapping[str, Any]], what: str = "cases") 
     return kept
 
 
+def labelled_sampler(entries: Iterable[Mapping[str, Any]], labelled_fraction: float | None) -> Any:
+    """A sampler that draws labelled cases with probability ``labelled_fraction``, whatever their share.
+
+    With few labelled cases among many unlabelled studies, uniform shuffling gives the segmentation
+    loss (labelled samples only) a small share of the iterations: 3 labelled among 20 studies see 15 %
+    of them. Drawing with replacement, labelled and unlabelled groups each weighted as a whole, keeps
+    that share fixed while the unlabelled studies still feed the synthesis loss.
+
+    Args:
+        entries: the training entries, in the dataset's order.
+        labelled_fraction: the probability of drawing a labelled case, in (0, 1); None for none.
+
+    Returns:
+        A ``torch.utils.data.WeightedRandomSampler`` drawing ``len(entries)`` cases per epoch; None
+        (the loader shuffles) when ``labelled_fraction`` is None; a plain ``RandomSampler`` when the
+        entries are all of one kind.
+
+    Raises:
+        ValueError: for a fraction outside (0, 1).
+    """
+    if labelled_fraction is None:
+        return None
+    fraction = float(labelled_fraction)
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"labelled_fraction must be in (0, 1), got {labelled_fraction!r}")
+    from torch.utils.data import RandomSampler, WeightedRandomSampler
+
+    flags = [bool(e.get("label")) for e in entries]
+    n_lab = sum(flags)
+    if n_lab in (0, len(flags)):
+        return RandomSampler(flags)
+
+    weights = [fraction / n_lab if f else (1.0 - fraction) / (len(flags) - n_lab) for f in flags]
+    return WeightedRandomSampler(weights, num_samples=len(flags), replacement=True)
+
+
 def load_datalist(
     path: str | os.PathLike,
     dataset_dir: str | os.PathLike | None = None,

@@ -372,3 +372,34 @@ def test_unlabelled_studies_train_end_to_end_through_prepare_and_the_bundle(tmp_
 
     assert ["label" in e for e in entries("train.json", "seg_only.json")] == [True]
     assert sorted("label" in e for e in entries("train.json")) == [False, True]
+
+
+def test_labelled_fraction_fixes_the_share_of_labelled_draws(tmp_path):
+    """labelled_fraction draws labelled cases at that rate, however few they are among the studies."""
+    from medmtl.datalist import labelled_sampler
+
+    entries = [{"image": f"c{i}", **({"label": f"l{i}"} if i < 2 else {})} for i in range(20)]
+    torch.manual_seed(0)
+    sampler = labelled_sampler(entries, 0.5)
+    drawn = [i for _ in range(200) for i in sampler]
+    assert len(list(sampler)) == len(entries)
+    share = sum(i < 2 for i in drawn) / len(drawn)
+    assert abs(share - 0.5) < 0.03
+    assert labelled_sampler(entries, None) is None
+    assert sorted(labelled_sampler(entries[:2], 0.5)) == [0, 1]  # all labelled: plain shuffling
+    with pytest.raises(ValueError, match="labelled_fraction"):
+        labelled_sampler(entries, 1.0)
+
+
+def test_train_config_takes_labelled_fraction(tmp_path):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    parser["labelled_fraction"] = 0.5
+    parser["train#datalist_entries"] = [{"image": "a", "label": "b"}, {"image": "c"}, {"image": "d"}]
+    sampler = parser.get_parsed_content("train#dataloader#sampler")
+    assert sampler is not None and parser.get_parsed_content("train#dataloader#shuffle") is False
+    parser2 = ConfigParser()
+    parser2.read_config(str(BUNDLE / "configs" / "train.json"))
+    assert parser2.get_parsed_content("train#dataloader#shuffle") is True
