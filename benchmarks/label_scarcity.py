@@ -32,10 +32,12 @@ order drawn once from ``--seed``, so the sets are nested. Unlabelled studies of 
 ``prepare`` gave them: they have no label to be held out with.
 
 Each finished row writes ``OUT/<row>_L<L>/result.json``; a rerun skips it (the table spans as many
-runs as it needs). ``OUT/label_scarcity.json`` and ``.md`` and ``OUT/label_scarcity.png`` (Dice against
-L, one line per row, the per-case spread) are rewritten after every row, and the paired comparisons
-of ``c`` and ``d`` against ``a`` (``benchmarks/paired.py``: per-case differences, Wilcoxon p) go into
-the table.
+runs as it needs). ``OUT/label_scarcity.json`` and ``.md`` and ``OUT/label_scarcity.png`` (Dice
+against L, one line per row, the per-case spread) are rewritten after every row, with the paired
+comparisons of :data:`PAIRS` (``benchmarks/paired.py``: per-case differences, Wilcoxon p). Finished
+rows' scores and per-case metrics, row d's pretrained weights and the tables are copied to
+``--archive`` (``benchmarks/results/label_scarcity``, kept in the repository); a run into an empty
+``OUT`` starts from them, so the experiment goes on from a fresh clone.
 
     python benchmarks/label_scarcity.py --dataset-dir ../shared/data/brats --out runs/label_scarcity
 """
@@ -45,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -58,6 +61,7 @@ for p in (REPO, REPO / "benchmarks"):
 
 import heldout  # noqa: E402
 import paired  # noqa: E402
+from common import RESULTS as BENCH_RESULTS  # noqa: E402
 
 from medmtl.contrasts import CONTRASTS  # noqa: E402
 from medmtl.labels import REGIONS  # noqa: E402
@@ -75,6 +79,8 @@ ROWS: dict[str, str] = {
 PAIRS: tuple[tuple[str, str], ...] = (("b", "a"), ("c", "a"), ("d", "a"), ("d", "e"), ("f", "a"))
 SCENARIOS = {"all": tuple(CONTRASTS), "no_t1c": tuple(c for c in CONTRASTS if c != "t1c")}
 PRETRAIN = "d_pretrain"
+#: where finished rows are kept in the repository (``--archive``)
+RESULTS = BENCH_RESULTS / "label_scarcity"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -366,6 +372,47 @@ def save(out: Path, meta: Mapping[str, Any], labelled: Sequence[int]) -> dict[st
 # Main
 
 
+#: what the archive keeps of a finished row (the scores and per-case metrics the tables are made of)
+ARCHIVED = (
+    "result.json",
+    "train_s.json",
+    "heldout/*/evaluation/metrics.csv",
+    "heldout/*/evaluation/summary.json",
+)
+#: what it keeps of row d's pretraining, so that later rows fine-tune the same weights
+ARCHIVED_PRETRAIN = ("models/model.pt", "models/model_config.json")
+#: the tables and figure, copied beside the rows
+ARCHIVED_TABLES = ("meta.json", "label_scarcity.json", "label_scarcity.md", "label_scarcity.png")
+
+
+def _copy(src_root: Path, dst_root: Path, patterns: Sequence[str]) -> None:
+    for pattern in patterns:
+        for src in src_root.glob(pattern):
+            dst = dst_root / src.relative_to(src_root)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+
+
+def archive(out: Path, dest: Path) -> None:
+    """Copy the finished rows' scores (and row d's pretrained weights) from ``out`` into ``dest``."""
+    for row_dir in sorted(out.glob("*_L*")):
+        if (row_dir / "result.json").is_file():
+            _copy(row_dir, dest / row_dir.name, ARCHIVED)
+    if _trained(out / PRETRAIN):
+        _copy(out / PRETRAIN, dest / PRETRAIN, ARCHIVED_PRETRAIN)
+    _copy(out, dest, ARCHIVED_TABLES)
+
+
+def restore(dest: Path, out: Path) -> None:
+    """Seed ``out`` with the archived rows it lacks, so a run on another machine goes on from them."""
+    for row_dir in sorted(dest.glob("*_L*")):
+        if (row_dir / "result.json").is_file() and not (out / row_dir.name / "result.json").is_file():
+            _copy(row_dir, out / row_dir.name, ARCHIVED)
+            print(f"label_scarcity: {row_dir.name} restored from {dest}", flush=True)
+    if _trained(dest / PRETRAIN) and not _trained(out / PRETRAIN):
+        _copy(dest / PRETRAIN, out / PRETRAIN, ARCHIVED_PRETRAIN)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line arguments; see the module docstring."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -380,6 +427,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-fold", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument(
+        "--archive",
+        type=Path,
+        default=RESULTS,
+        help="where finished rows' scores are kept and restored from (benchmarks/results/label_scarcity)",
+    )
     return p.parse_args(argv)
 
 
@@ -392,6 +445,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     dataset_dir = args.dataset_dir.resolve()
     datalist = experiment_datalist(dataset_dir, out, args.folds, args.seed)
+    restore(args.archive.resolve(), out)
     held, train, unlabelled = split(datalist, args.val_fold, args.seed)
     labelled = sorted({len(train) if v == "all" else min(int(v), len(train)) for v in args.labelled})
     meta = {
@@ -438,7 +492,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 flush=True,
             )
             save(out, meta, labelled)
+            archive(out, args.archive.resolve())
     results = save(out, meta, labelled)
+    archive(out, args.archive.resolve())
     print(f"\nlabel_scarcity: {out / 'label_scarcity.md'}, {out / 'label_scarcity.png'}", flush=True)
     return results
 
