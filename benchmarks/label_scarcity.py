@@ -316,8 +316,9 @@ def figure(out: Path, labelled: Sequence[int], found: Mapping[str, Any]) -> Path
     """Dice against L (log axis), one line per row, per-case spread as a band; one panel per region."""
     import numpy as np
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
-    fig = Figure(figsize=(13, 4), dpi=100)
+    fig = Figure(figsize=(13, 5), dpi=100)
     axes = fig.subplots(1, len(REGIONS), sharey=True)
     drawn = False
     for ax, region in zip(axes, REGIONS):
@@ -341,14 +342,16 @@ def figure(out: Path, labelled: Sequence[int], found: Mapping[str, Any]) -> Path
                 drawn = True
         ax.set_xscale("log")
         ax.set_xticks(list(labelled), [str(n) for n in labelled])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("labelled training cases L")
         ax.set_title(f"{region} Dice, all four contrasts (mean; bar: per-case IQR)", fontsize=9)
         ax.grid(alpha=0.3)
     if not drawn:
         return None
     axes[0].set_ylabel("held-out Dice")
-    axes[0].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
     path = out / "label_scarcity.png"
     fig.savefig(path)
     return path
