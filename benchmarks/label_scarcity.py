@@ -13,8 +13,8 @@ without t1c.
         train the synthesis loss only (per-sample masking of the segmentation loss)
 ``d``   synthesis pretraining on every training study as unlabelled (``synth_only``, run once and
         shared by every L), then fine-tuning on the L labelled cases with the segmentation loss only,
-        encoder and both decoders trainable (the staged schedule of the method; M3AE pretrains the
-        same way: Liu et al., AAAI 2023)
+        encoder and segmentation decoder trainable (the bundle's ``few_labels`` config; the staged
+        schedule of the method; M3AE pretrains the same way: Liu et al., AAAI 2023)
 ``e``   control of ``d``: segmentation only on the L labelled cases, for ``d``'s whole budget
 ``f``   as ``c``, but labelled cases are drawn half the time (``labelled_fraction`` 0.5): in ``c`` the
         segmentation loss sees only the labelled share of the iterations (L of L + unlabelled)
@@ -189,13 +189,10 @@ def train_row(
         if not _trained(pre):
             all_dl = row_datalist(datalist, args.val_fold, args.seed, 0, True, out / "datalist_pretrain.json")
             seconds += train_run(pre, "synth_only", dataset_dir, all_dl, args)
-        # segmentation loss only, the whole network trainable, starting from the pretrained weights
-        extra = {
-            "init_from": str(pre / "models" / "model.pt"),
-            "gen_weight": 0.0,
-            "train_synth": False,
-        }
-        seconds += train_run(run_dir, "plain", dataset_dir, dl, args, extra)
+        # the bundle's few_labels config: segmentation loss only, encoder and segmentation decoder
+        # trainable, starting from the pretrained weights
+        extra = {"init_from": str(pre / "models" / "model.pt")}
+        seconds += train_run(run_dir, "few_labels", dataset_dir, dl, args, extra)
     return seconds
 
 
@@ -451,6 +448,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     restore(args.archive.resolve(), out)
     held, train, unlabelled = split(datalist, args.val_fold, args.seed)
     labelled = sorted({len(train) if v == "all" else min(int(v), len(train)) for v in args.labelled})
+    # the tables show every finished row, also those of L that this run does not train
+    finished = {int(d.name.rsplit("_L", 1)[1]) for d in out.glob("*_L*") if (d / "result.json").is_file()}
+    shown = sorted(set(labelled) | finished)
     meta = {
         "val_fold": args.val_fold,
         "seed": args.seed,
@@ -458,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "epochs": args.epochs,
         "epoch_length": args.epoch_length,
         "steps": args.epochs * args.epoch_length,
-        "labelled": labelled,
+        "labelled": shown,
         "heldout": [e["case_id"] for e in held],
         "n_heldout": len(held),
         "n_train": len(train),
@@ -494,9 +494,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 + " ".join(f"{r} {_cell(s.get(f'Dice_{r}'))}" for r in REGIONS),
                 flush=True,
             )
-            save(out, meta, labelled)
+            save(out, meta, shown)
             archive(out, args.archive.resolve())
-    results = save(out, meta, labelled)
+    results = save(out, meta, shown)
     archive(out, args.archive.resolve())
     print(f"\nlabel_scarcity: {out / 'label_scarcity.md'}, {out / 'label_scarcity.png'}", flush=True)
     return results

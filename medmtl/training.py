@@ -441,16 +441,43 @@ def train(
     return out
 
 
+def weights_dir(
+    run_dir: Path, stage: str, preset: str | None, overrides: dict[str, Any] | None = None
+) -> Path:
+    """The folder a training run writes its weights to: the composed configs' ``ckpt_dir``.
+
+    Args:
+        run_dir: the run's bundle folder.
+        stage: as for :func:`train` (``all`` ends with the schedule's last stage).
+        preset: as for :func:`train`.
+        overrides: the run's config overrides (``ckpt_dir`` among them, if given).
+
+    Returns:
+        The resolved ``ckpt_dir``.
+    """
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(stage_config_files(run_dir, STAGES[-1] if stage == "all" else stage, preset))
+    parser.update({"bundle_root": str(run_dir)})
+    if "ckpt_dir" in (overrides or {}):
+        parser.update({"ckpt_dir": overrides["ckpt_dir"]})
+    return Path(parser.get_parsed_content("ckpt_dir"))
+
+
 def cli_main(args: Any) -> int:
     """Run ``medmtl train``."""
     overrides = parse_overrides(args.set)
     if args.epochs:
         overrides["max_epochs"] = args.epochs
     out = train(args.dataset_dir, args.datalist, args.out, args.stage, args.preset, args.bundle, overrides)
+    where = weights_dir(out, args.stage, args.preset, overrides) / "model.pt"
     if args.stage == "local_synthesis":
-        where, use = out / "models" / args.stage / "model.pt", f"medmtl inpaint / synth-lesion --bundle {out}"
-    else:
-        where, use = out / "models" / "model.pt", f"medmtl infer --bundle {out}"
+        use = f"; use them with: medmtl inpaint / synth-lesion --bundle {out} ..."
+    elif where.parent == out / "models":
+        use = f"; use them with: medmtl infer --bundle {out} ..."
+    else:  # a stage of the schedule or an ablation: a later stage starts from them (its init_from)
+        use = ""
     if not where.is_file():
         ckpt = latest_checkpoint(where.parent)
         if ckpt is None:
@@ -460,7 +487,7 @@ def cli_main(args: Any) -> int:
 
         torch.save(dict(read_state_dict(ckpt)["model"]), where)
         print(f"medmtl train: no validation ran, so {where.name} holds the last epoch's weights ({ckpt})")
-    print(f"medmtl train: weights in {where}; use them with: {use} ...")
+    print(f"medmtl train: weights in {where}{use}")
     return 0
 
 

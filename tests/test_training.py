@@ -403,3 +403,19 @@ def test_train_config_takes_labelled_fraction(tmp_path):
     parser2 = ConfigParser()
     parser2.read_config(str(BUNDLE / "configs" / "train.json"))
     assert parser2.get_parsed_content("train#dataloader#shuffle") is True
+
+
+def test_few_labels_fine_tunes_segmentation_from_synthesis_pretraining(phantom_data, tmp_path):
+    run_dir = tmp_path / "few"
+    _run(_train_cmd(phantom_data, run_dir, "synth_only", 1))
+    pretrained = _state(run_dir / "models" / "ablation" / "synth_only" / "model.pt")
+    _run(_train_cmd(phantom_data, run_dir, "few_labels", 1))
+    tuned = _state(run_dir / "models" / "model.pt")
+    config = json.loads((run_dir / "models" / "model_config.json").read_text())
+    assert config["stage"] == "few_labels"
+    # it starts from the pretrained network: the synthesis decoder (no loss, frozen) comes through bit
+    # for bit, while the encoder and the segmentation decoder learn from the labelled cases.
+    synth = [k for k in pretrained if k.startswith("synth_decoder.")]
+    assert synth and all(torch.equal(tuned[k], pretrained[k]) for k in synth)
+    assert any(not torch.equal(tuned[k], pretrained[k]) for k in pretrained if k.startswith("encoder."))
+    assert any(not torch.equal(tuned[k], pretrained[k]) for k in pretrained if k.startswith("seg_decoder."))
