@@ -30,11 +30,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
-def _flatten(grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor]) -> torch.Tensor:
-    parts = [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)]
-    return torch.cat(parts)
-
-
 def alignment(
     bundle: Path,
     dataset_dir: Path,
@@ -92,20 +87,26 @@ def alignment(
         inferer = parser.get_parsed_content("train#inferer")
     shared = [p for n, p in net.named_parameters() if n.startswith("encoder.") and p.requires_grad]
     net.train()
+    to_vector = torch.nn.utils.parameters_to_vector
     cosines, ratios = [], []
     while len(cosines) < batches:
+        measured = len(cosines)
         for batch in loader:
             inputs, targets, _, _ = prepare_batch(batch, torch.device("cpu"), False)
+            if "has_label" in targets and not bool((targets["has_label"] > 0.5).any()):
+                continue  # no labelled sample: the segmentation loss has nothing to say
             losses = loss_fn.task_losses(inferer(inputs, net), targets)
-            if set(losses) < {"seg", "gen"} or float(losses["seg"].detach()) == 0.0:
-                continue  # a batch without a label (or without a synthesis target) has one task only
-            g_seg = torch.autograd.grad(losses["seg"], shared, retain_graph=True, allow_unused=True)
-            g_gen = torch.autograd.grad(losses["gen"], shared, allow_unused=True)
-            flat = [_flatten(gs, shared) for gs in (g_seg, g_gen)]
+            if not {"seg", "gen"} <= set(losses):
+                raise ValueError(f"{bundle}: the training config trains {sorted(losses)}, not both tasks")
+            g_seg = torch.autograd.grad(losses["seg"], shared, retain_graph=True, materialize_grads=True)
+            g_gen = torch.autograd.grad(losses["gen"], shared, materialize_grads=True)
+            flat = [to_vector(g_seg), to_vector(g_gen)]
             cosines.append(float(torch.nn.functional.cosine_similarity(flat[0], flat[1], dim=0)))
             ratios.append(float(flat[1].norm() / flat[0].norm().clamp_min(1e-12)))
             if len(cosines) >= batches:
                 break
+        if len(cosines) == measured:
+            raise ValueError(f"{datalist}: no training batch holds a labelled case")
     c, r = np.asarray(cosines), np.asarray(ratios)
     summary = {
         "n": len(c),
