@@ -1,0 +1,54 @@
+"""The local linear fit behind the synthesis ceilings: known affine relations are recovered."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import synthesis_ceiling  # noqa: E402
+
+
+def _volumes(seed: int = 0, size: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    guides = torch.randn(1, 3, size, size, size, generator=g)
+    mask = torch.zeros(1, 1, size, size, size)
+    mask[..., 2:-2, 2:-2, 2:-2] = 1
+    return guides, mask
+
+
+def test_a_constant_affine_relation_is_recovered_inside_the_mask():
+    guides, mask = _volumes()
+    target = 2.0 * guides[:, :1] - 0.5 * guides[:, 2:3] + 3.0
+    fitted = synthesis_ceiling.local_linear_fit(target, guides, mask, sigma=3.0, eps=1e-6)
+    inside = mask.bool()
+    assert torch.allclose(fitted[inside], target[inside], atol=1e-3)
+
+
+def test_coefficients_that_change_in_space_are_tracked_better_by_smaller_windows():
+    guides, mask = _volumes(1)
+    slope = torch.ones_like(mask)
+    slope[..., 10:] = -1.0  # the relation flips sign halfway along the last axis
+    target = slope * guides[:, 1:2]
+    inside = mask.bool()
+    fit = synthesis_ceiling.local_linear_fit
+    fits = [fit(target, guides, mask, sigma=s, eps=1e-6) for s in (1.0, 2.0, 4.0)]
+    errors = [(f - target)[inside].abs().mean() for f in fits]
+    assert errors[0] < errors[1] < errors[2]
+    assert errors[0] < 0.5 * target[inside].abs().mean()
+
+
+def test_coefficients_fitted_on_blurred_guides_carry_the_sharp_guides_detail():
+    guides, mask = _volumes(2)
+    smooth = synthesis_ceiling._masked_blur(guides, mask, 1.5)
+    target = smooth[:, :1] * 1.5 + smooth[:, 1:2]  # a smooth synthesis of 1.5 g0 + g1
+    fitted = synthesis_ceiling.local_linear_fit(target, guides, mask, sigma=4.0, eps=1e-6, fit_guides=smooth)
+    sharp = 1.5 * guides[:, :1] + guides[:, 1:2]
+    inside = mask.bool()
+    assert torch.allclose(fitted[inside], sharp[inside], atol=1e-2)
+    # fitted on the sharp guides instead, the smooth target's coefficients shrink towards 0
+    shrunk = synthesis_ceiling.local_linear_fit(target, guides, mask, sigma=4.0, eps=1e-6)
+    assert (shrunk - sharp)[inside].abs().mean() > 5 * (fitted - sharp)[inside].abs().mean()
