@@ -15,7 +15,6 @@ which PCGrad removes (Yu et al., "Gradient Surgery for Multi-Task Learning", Neu
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -57,13 +56,11 @@ def alignment(
     from monai.utils import set_determinism
 
     from medmtl.bundle_config import read_state_dict
+    from medmtl.training import stage_config_files
 
     set_determinism(seed)
-    configs = [bundle / "configs" / "train.json"]
-    if preset != "gpu":
-        configs.append(bundle / "configs" / f"{preset}.json")
     parser = ConfigParser()
-    parser.read_config([str(c) for c in configs])
+    parser.read_config(stage_config_files(bundle, "plain", preset))
     with tempfile.TemporaryDirectory() as tmp:
         parser.update(
             {
@@ -143,7 +140,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         flush=True,
     )
     if args.out:
-        args.out.write_text(json.dumps(res, indent=2))
+        from medmtl.io import write_json
+
+        write_json(args.out, res)
     return res
 
 

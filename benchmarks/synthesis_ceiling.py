@@ -43,6 +43,7 @@ if str(REPO) not in sys.path:
 from monai.networks.layers import GaussianFilter  # noqa: E402
 
 from medmtl.contrasts import CONTRASTS  # noqa: E402
+from medmtl.io import output_paths  # noqa: E402
 from medmtl.metrics import NEAREST, synthesis_metrics  # noqa: E402
 
 
@@ -114,14 +115,17 @@ def case_rows(
     ref = images[target]
     brain = ref != 0
     others = [c for c in CONTRASTS if c != target]
-    tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).reshape(1, -1, *a.shape[-3:])  # noqa: E731
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).reshape(1, -1, *a.shape[-3:])
+
     mask = tensor(brain.astype(np.float32))
     guides = tensor(np.stack([_zscore(images[c], brain) for c in others]))
     ref_z = tensor(_zscore(ref, brain))
 
     def ssim(img: torch.Tensor | np.ndarray) -> float:
         arr = img[0, 0].numpy() if isinstance(img, torch.Tensor) else img
-        return synthesis_metrics(np.where(brain, arr, 0), ref, brain)["SSIM_brain"]
+        return synthesis_metrics(arr, ref, brain)["SSIM_brain"]  # voxels outside the brain are not read
 
     rows = {"copy": ssim(images[NEAREST[target]])}
     with torch.no_grad():
@@ -130,10 +134,10 @@ def case_rows(
         for w in fits:
             rows[f"local fit sigma {w:g}"] = ssim(local_linear_fit(ref_z, guides, mask, w))
         if pred is not None:
-            found = sorted(pred.glob(f"{entry['case_id']}_{target}_synth.nii.gz"))
-            if not found:
-                raise FileNotFoundError(f"{pred}: no {entry['case_id']}_{target}_synth.nii.gz")
-            syn = tensor(_zscore(np.asarray(nib.load(found[0]).dataobj, np.float32), brain))
+            path = output_paths(pred, str(entry["case_id"]), [target])[target]
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: not found (medmtl infer outputs of the case without it)")
+            syn = tensor(_zscore(np.asarray(nib.load(path).dataobj, np.float32), brain))
             rows["synthesis"] = ssim(syn)
             smooth_guides = _masked_blur(guides, mask, 2.0)
             rows["guided(synthesis)"] = ssim(
