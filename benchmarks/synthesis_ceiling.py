@@ -17,8 +17,14 @@ reports: 0.5-99.5 % brain scaling, 7-voxel window, averaged over the brain):
   Wu et al., CVPR 2018, with no training); and the same guided filter on the blurred target
   (``guided(blurred sigma 2)``): what borrowing the inputs' detail gives a perfect smooth synthesis.
 
-Writes ``OUT/ceiling_<target>.json`` (per case) and ``.md`` (means, and how many cases each row
-beats the copy on).
+Each row's brain SSIM is also split into its three terms (Wang et al., "Image quality assessment:
+from error visibility to structural similarity", IEEE TIP 2004, Eqs. 6-9; SSIM = l * c * s):
+luminance (local means agree), contrast (local standard deviations agree) and structure (the local
+correlation of the two images), so a row's deficit can be read as wrong intensities, wrong amounts of
+detail, or detail in the wrong places.
+
+Writes ``OUT/ceiling_<target>.json`` (per case) and ``.md`` (means, how many cases each row beats the
+copy on, and the three terms).
 
     python benchmarks/synthesis_ceiling.py --dataset-dir ../shared/data/brats --datalist runs/datalist.json \\
         --fold 0 --target t1c --pred runs/heldout/no_t1c/pred --out runs/ceiling
@@ -41,10 +47,12 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from monai.networks.layers import GaussianFilter  # noqa: E402
+from scipy.ndimage import uniform_filter  # noqa: E402
 
 from medmtl.contrasts import CONTRASTS  # noqa: E402
 from medmtl.io import output_paths  # noqa: E402
-from medmtl.metrics import NEAREST, synthesis_metrics  # noqa: E402
+from medmtl.labels import REGIONS, detect_convention  # noqa: E402
+from medmtl.metrics import NEAREST, normalise_intensity, region_masks, synthesis_metrics  # noqa: E402
 
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -54,6 +62,46 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 def _masked_blur(x: torch.Tensor, mask: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian blur that only averages brain voxels (no dark rim from the background)."""
     return _blur(x * mask, sigma) / _blur(mask, sigma).clamp_min(1e-6) if sigma > 0 else x
+
+
+def local_linear_coefficients(
+    target: torch.Tensor,
+    guides: torch.Tensor,
+    mask: torch.Tensor,
+    sigma: float,
+    eps: float = 0.01,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coefficients of the multi-channel guided filter: ``target ~ sum_c a_c * guides_c + b`` per window.
+
+    Args:
+        target: ``(1, 1, *S)`` the image the coefficients are fitted to.
+        guides: ``(1, C, *S)`` the images they combine (z-scored in the brain).
+        mask: ``(1, 1, *S)`` 0/1 brain; the Gaussian windows only count brain voxels.
+        sigma: Gaussian window of the local fits, in voxels.
+        eps: ridge on the coefficients (guide units).
+
+    Returns:
+        ``a`` ``(1, C, *S)`` and ``b`` ``(1, 1, *S)``, averaged over the windows covering each voxel
+        (He et al., Eq. 8).
+    """
+    c = guides.shape[1]
+
+    def mean(x: torch.Tensor) -> torch.Tensor:
+        return _masked_blur(x, mask, sigma)
+
+    mu_g, mu_t = mean(guides), mean(target)
+    cov = torch.empty(c, c, *target.shape[2:])
+    for i in range(c):
+        for j in range(i, c):
+            cov[i, j] = cov[j, i] = (
+                mean(guides[:, i : i + 1] * guides[:, j : j + 1]) - mu_g[:, i : i + 1] * mu_g[:, j : j + 1]
+            )[0, 0]
+    cov += eps * torch.eye(c).reshape(c, c, *([1] * (target.dim() - 2)))
+    cross = (mean(guides * target) - mu_g * mu_t)[0]
+    a = torch.linalg.solve(cov.movedim((0, 1), (-2, -1)), cross.movedim(0, -1).unsqueeze(-1))[..., 0]
+    a = a.movedim(-1, 0).unsqueeze(0)
+    b = mu_t - (a * mu_g).sum(1, keepdim=True)
+    return mean(a), mean(b)
 
 
 def local_linear_fit(
@@ -76,28 +124,61 @@ def local_linear_fit(
             resolution); ``guides`` when None. The coefficients are always applied to ``guides``.
 
     Returns:
-        ``(1, 1, *S)``: ``sum_c a_c * guides_c + b`` with ``a, b`` averaged over the windows covering
-        each voxel (He et al., Eq. 8).
+        ``(1, 1, *S)``: ``sum_c a_c * guides_c + b`` (:func:`local_linear_coefficients`).
     """
-    fit = guides if fit_guides is None else fit_guides
-    c = guides.shape[1]
+    a, b = local_linear_coefficients(target, guides if fit_guides is None else fit_guides, mask, sigma, eps)
+    return (a * guides).sum(1, keepdim=True) + b
 
-    def mean(x: torch.Tensor) -> torch.Tensor:
-        return _masked_blur(x, mask, sigma)
 
-    mu_g, mu_t = mean(fit), mean(target)
-    cov = torch.empty(c, c, *target.shape[2:])
-    for i in range(c):
-        for j in range(i, c):
-            cov[i, j] = cov[j, i] = (
-                mean(fit[:, i : i + 1] * fit[:, j : j + 1]) - mu_g[:, i : i + 1] * mu_g[:, j : j + 1]
-            )[0, 0]
-    cov += eps * torch.eye(c).reshape(c, c, *([1] * (target.dim() - 2)))
-    cross = (mean(fit * target) - mu_g * mu_t)[0]
-    a = torch.linalg.solve(cov.movedim((0, 1), (-2, -1)), cross.movedim(0, -1).unsqueeze(-1))[..., 0]
-    a = a.movedim(-1, 0).unsqueeze(0)
-    b = mu_t - (a * mu_g).sum(1, keepdim=True)
-    return (mean(a) * guides).sum(1, keepdim=True) + mean(b)
+def ssim_component_maps(x: np.ndarray, y: np.ndarray, win_size: int = 7) -> dict[str, np.ndarray]:
+    """Luminance, contrast and structure maps of two images in [0, 1], as scikit-image's SSIM sees them.
+
+    The local statistics are scikit-image's (uniform ``win_size`` window, sample covariance, K1 0.01,
+    K2 0.03, data range 1); the structure term's constant C3 = C2 / 2 makes ``l * c * s`` its SSIM map
+    (Wang et al., IEEE TIP 2004, Eqs. 6-9).
+
+    Args:
+        x: one image, values in [0, 1].
+        y: the other, same shape.
+        win_size: side of the window, voxels.
+
+    Returns:
+        ``{"luminance", "contrast", "structure"}``: maps of ``x``'s shape.
+    """
+    n = win_size**x.ndim
+    cov_norm = n / (n - 1)
+
+    def mean(a: np.ndarray) -> np.ndarray:
+        return uniform_filter(a, size=win_size)
+
+    ux, uy = mean(x), mean(y)
+    vx = cov_norm * (mean(x * x) - ux * ux)
+    vy = cov_norm * (mean(y * y) - uy * uy)
+    vxy = cov_norm * (mean(x * y) - ux * uy)
+    c1, c2 = 0.01**2, 0.03**2
+    sd = np.sqrt(np.clip(vx, 0, None) * np.clip(vy, 0, None))
+    return {
+        "luminance": (2 * ux * uy + c1) / (ux**2 + uy**2 + c1),
+        "contrast": (2 * sd + c2) / (vx + vy + c2),
+        "structure": (vxy + c2 / 2) / (sd + c2 / 2),
+    }
+
+
+def ssim_components(pred: np.ndarray, ref: np.ndarray, brain: np.ndarray) -> dict[str, float]:
+    """The three terms of the brain SSIM that ``medmtl evaluate`` reports, each averaged over the brain.
+
+    Args:
+        pred: the synthesised image, any intensity space.
+        ref: the acquired image, same grid.
+        brain: boolean brain mask.
+
+    Returns:
+        ``luminance`` (local means agree), ``contrast`` (local standard deviations agree) and
+        ``structure`` (local correlation): each map's mean over the brain, both images first scaled by
+        :func:`medmtl.metrics.normalise_intensity`.
+    """
+    maps = ssim_component_maps(normalise_intensity(pred, brain), normalise_intensity(ref, brain))
+    return {k: float(v[brain].mean()) for k, v in maps.items()}
 
 
 def _zscore(x: np.ndarray, brain: np.ndarray) -> np.ndarray:
@@ -108,9 +189,21 @@ def _zscore(x: np.ndarray, brain: np.ndarray) -> np.ndarray:
 
 
 def case_rows(
-    entry: dict[str, Any], target: str, pred: Path | None, blurs: Sequence[float], fits: Sequence[float]
-) -> dict[str, float]:
-    """Brain SSIM of every row for one case (voxels are 1 mm in BraTS, so mm = voxels)."""
+    entry: dict[str, Any],
+    target: str,
+    pred: Path | None,
+    blurs: Sequence[float],
+    fits: Sequence[float],
+    components: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Brain SSIM of every row for one case (voxels are 1 mm in BraTS, so mm = voxels).
+
+    Returns:
+        ``{row: {"SSIM": ..., ...}}``: the brain SSIM; ``SSIM tumour`` and ``SSIM non-tumour`` (WT)
+        when the case is labelled; ``luminance``, ``contrast`` and ``structure`` with ``components``;
+        for the oracle fits, ``a_<contrast> mean`` and ``a_<contrast> sd``, each coefficient's mean and
+        standard deviation over the brain.
+    """
     images = {c: np.asarray(nib.load(entry[c]).dataobj, np.float32) for c in CONTRASTS}
     ref = images[target]
     brain = ref != 0
@@ -123,16 +216,31 @@ def case_rows(
     guides = tensor(np.stack([_zscore(images[c], brain) for c in others]))
     ref_z = tensor(_zscore(ref, brain))
 
-    def ssim(img: torch.Tensor | np.ndarray) -> float:
+    tumour = None
+    if entry.get("label"):
+        label = np.asarray(nib.load(entry["label"]).dataobj)
+        conv = entry.get("label_convention") or detect_convention(np.unique(label).astype(int), "brats2023")
+        tumour = region_masks(label, conv)[REGIONS.index("WT")]
+
+    def ssim(img: torch.Tensor | np.ndarray) -> dict[str, float]:
         arr = img[0, 0].numpy() if isinstance(img, torch.Tensor) else img
-        return synthesis_metrics(arr, ref, brain)["SSIM_brain"]  # voxels outside the brain are not read
+        # voxels outside the brain are not read
+        scores = synthesis_metrics(arr, ref, brain, tumour)
+        row = {"SSIM": scores["SSIM_brain"]}
+        if tumour is not None:
+            row |= {"SSIM tumour": scores["SSIM_tumour"], "SSIM non-tumour": scores["SSIM_nontumour"]}
+        return row | ssim_components(arr, ref, brain) if components else row
 
     rows = {"copy": ssim(images[NEAREST[target]])}
     with torch.no_grad():
         for s in blurs:
             rows[f"blurred sigma {s:g}"] = ssim(_masked_blur(ref_z, mask, s))
+        inside = mask[0, 0].bool()
         for w in fits:
-            rows[f"local fit sigma {w:g}"] = ssim(local_linear_fit(ref_z, guides, mask, w))
+            a, b = local_linear_coefficients(ref_z, guides, mask, w)
+            row = rows[f"local fit sigma {w:g}"] = ssim((a * guides).sum(1, keepdim=True) + b)
+            for c, a_c in zip(others, a[0]):  # how large and how variable the oracle's coefficients are
+                row[f"a_{c} mean"], row[f"a_{c} sd"] = float(a_c[inside].mean()), float(a_c[inside].std())
         if pred is not None:
             path = output_paths(pred, str(entry["case_id"]), [target])[target]
             if not path.is_file():
@@ -149,20 +257,43 @@ def case_rows(
     return rows
 
 
-def markdown(target: str, cases: dict[str, dict[str, float]]) -> str:
-    names = list(next(iter(cases.values())))
-    lines = [
-        f"| {target}: {len(cases)} cases | SSIM brain (mean ± sd) | cases above the copy |",
-        "| --- | --- | --- |",
+def markdown(target: str, cases: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Means over the cases: each row's SSIM, how many cases it beats the copy on, and its terms."""
+    first = next(iter(cases.values()))
+    terms = [
+        t
+        for t in ("SSIM tumour", "SSIM non-tumour", "luminance", "contrast", "structure")
+        if t in first["copy"]
     ]
-    for n in names:
-        v = np.array([c[n] for c in cases.values()])
-        above = sum(c[n] > c["copy"] for c in cases.values())
-        lines.append(f"| {n} | {v.mean():.3f} ± {v.std():.3f} | {above if n != 'copy' else '-'} |")
+    head = f"| {target}: {len(cases)} cases | SSIM brain (mean ± sd) | cases above the copy |"
+    lines = [head + "".join(f" {t} |" for t in terms), "| --- " * (3 + len(terms)) + "|"]
+    for n in first:
+        v = np.array([c[n]["SSIM"] for c in cases.values()])
+        above = sum(c[n]["SSIM"] > c["copy"]["SSIM"] for c in cases.values())
+        means = "".join(f" {np.mean([c[n][t] for c in cases.values()]):.3f} |" for t in terms)
+        lines.append(f"| {n} | {v.mean():.3f} ± {v.std():.3f} | {above if n != 'copy' else '-'} |" + means)
+    coef_rows = [n for n in first if any(k.startswith("a_") for k in first[n])]
+    if coef_rows:
+        guides = [k[2:-5] for k in first[coef_rows[0]] if k.startswith("a_") and k.endswith(" mean")]
+        lines += [
+            "",
+            "Oracle coefficients (z-score units): each case's brain mean, range over the cases; "
+            "the SD within a case, mean over the cases.",
+            "",
+            "| fit |" + "".join(f" a {g}: mean | a {g}: SD within |" for g in guides),
+            "| --- " * (1 + 2 * len(guides)) + "|",
+        ]
+        for n in coef_rows:
+            cells = ""
+            for g in guides:
+                m = [c[n][f"a_{g} mean"] for c in cases.values()]
+                sd = np.mean([c[n][f"a_{g} sd"] for c in cases.values()])
+                cells += f" {min(m):+.2f} to {max(m):+.2f} | {sd:.2f} |"
+            lines.append(f"| {n} |{cells}")
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, dict[str, float]]]:
     """Score every row on every case; see the module docstring."""
     from medmtl.datalist import load_datalist
     from medmtl.io import atomic_path, write_json
@@ -175,22 +306,30 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     p.add_argument("--pred", default=None, help="medmtl infer outputs of the scenario without the target")
     p.add_argument("--blur", type=float, nargs="*", default=[1.0, 2.0], help="Gaussian sigmas (mm)")
     p.add_argument("--fit", type=float, nargs="*", default=[2.0, 4.0, 8.0], help="local fit sigmas (mm)")
+    p.add_argument(
+        "--no-components", action="store_true", help="SSIM only, not its luminance/contrast/structure"
+    )
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     entries = load_datalist(
         args.datalist, args.dataset_dir, section="training", folds=[args.fold], labelled_only=True
     )
-    cases: dict[str, dict[str, float]] = {}
+    cases: dict[str, dict[str, dict[str, float]]] = {}
     for entry in entries:
         if not all(entry.get(c) for c in CONTRASTS):
             print(f"{entry['case_id']}: skipped, not all four contrasts acquired", flush=True)
             continue
         cases[entry["case_id"]] = case_rows(
-            entry, args.target, Path(args.pred) if args.pred else None, args.blur, args.fit
+            entry,
+            args.target,
+            Path(args.pred) if args.pred else None,
+            args.blur,
+            args.fit,
+            components=not args.no_components,
         )
         print(
             entry["case_id"],
-            " ".join(f"{k}: {v:.3f}" for k, v in cases[entry["case_id"]].items()),
+            " ".join(f"{k}: {v['SSIM']:.3f}" for k, v in cases[entry["case_id"]].items()),
             flush=True,
         )
     out = Path(args.out)

@@ -28,6 +28,16 @@ def test_a_constant_affine_relation_is_recovered_inside_the_mask():
     assert torch.allclose(fitted[inside], target[inside], atol=1e-3)
 
 
+def test_the_coefficients_of_a_constant_affine_relation_are_its_weights():
+    guides, mask = _volumes(3)
+    target = 2.0 * guides[:, :1] - 0.5 * guides[:, 2:3] + 3.0
+    a, b = synthesis_ceiling.local_linear_coefficients(target, guides, mask, sigma=3.0, eps=1e-6)
+    inside = mask[0, 0].bool()
+    for c, want in enumerate((2.0, 0.0, -0.5)):
+        assert torch.allclose(a[0, c][inside], torch.full_like(a[0, c][inside], want), atol=1e-3)
+    assert torch.allclose(b[0, 0][inside], torch.full_like(b[0, 0][inside], 3.0), atol=1e-3)
+
+
 def test_coefficients_that_change_in_space_are_tracked_better_by_smaller_windows():
     guides, mask = _volumes(1)
     slope = torch.ones_like(mask)
@@ -52,3 +62,47 @@ def test_coefficients_fitted_on_blurred_guides_carry_the_sharp_guides_detail():
     # fitted on the sharp guides instead, the smooth target's coefficients shrink towards 0
     shrunk = synthesis_ceiling.local_linear_fit(target, guides, mask, sigma=4.0, eps=1e-6)
     assert (shrunk - sharp)[inside].abs().mean() > 5 * (fitted - sharp)[inside].abs().mean()
+
+
+def _brain_pair(seed: int = 3, size: int = 24):
+    import numpy as np
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    ref = gaussian_filter(rng.normal(size=(size,) * 3), 1.5) + 5.0
+    brain = np.zeros(ref.shape, bool)
+    brain[3:-3, 3:-3, 3:-3] = True
+    return ref * brain, brain
+
+
+def test_the_three_ssim_terms_multiply_to_scikit_images_ssim_map():
+    import numpy as np
+    from scipy.ndimage import gaussian_filter
+    from skimage.metrics import structural_similarity
+
+    from medmtl.metrics import normalise_intensity
+
+    ref, brain = _brain_pair()
+    rng = np.random.default_rng(4)
+    pred = (ref + gaussian_filter(rng.normal(size=ref.shape), 1.0) * 0.3) * brain
+    x, y = normalise_intensity(pred, brain), normalise_intensity(ref, brain)
+    maps = synthesis_ceiling.ssim_component_maps(x, y)
+    product = maps["luminance"] * maps["contrast"] * maps["structure"]
+    np.testing.assert_allclose(product, structural_similarity(x, y, data_range=1.0, full=True)[1], atol=1e-9)
+    identical = synthesis_ceiling.ssim_components(ref, ref, brain)
+    assert all(abs(v - 1.0) < 1e-9 for v in identical.values())
+
+
+def test_scaled_local_detail_lowers_contrast_only_and_someone_elses_detail_lowers_structure():
+    import numpy as np
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(5)
+    pattern, other = (gaussian_filter(rng.normal(size=(24,) * 3), 1.0) for _ in range(2))
+    pattern, other = pattern / pattern.std(), other / other.std()
+    ref = 0.5 + 0.1 * pattern
+    maps = synthesis_ceiling.ssim_component_maps(0.5 + 0.03 * pattern, ref)  # same detail, 30 % of it
+    assert np.allclose(maps["structure"], 1.0, atol=1e-6)
+    assert maps["contrast"].mean() < 0.9 and maps["luminance"].min() > 0.98
+    maps = synthesis_ceiling.ssim_component_maps(0.5 + 0.1 * other, ref)  # right amount, wrong places
+    assert abs(maps["structure"].mean()) < 0.15 and maps["contrast"].mean() > 0.9
