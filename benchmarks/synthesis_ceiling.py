@@ -272,9 +272,9 @@ def markdown(target: str, cases: dict[str, dict[str, dict[str, float]]]) -> str:
         above = sum(c[n]["SSIM"] > c["copy"]["SSIM"] for c in cases.values())
         means = "".join(f" {np.mean([c[n][t] for c in cases.values()]):.3f} |" for t in terms)
         lines.append(f"| {n} | {v.mean():.3f} ± {v.std():.3f} | {above if n != 'copy' else '-'} |" + means)
-    coef_rows = [n for n in first if any(k.startswith("a_") for k in first[n])]
+    guides = [c for c in CONTRASTS if c != target]
+    coef_rows = [n for n in first if f"a_{guides[0]} mean" in first[n]]
     if coef_rows:
-        guides = [k[2:-5] for k in first[coef_rows[0]] if k.startswith("a_") and k.endswith(" mean")]
         lines += [
             "",
             "Oracle coefficients (z-score units): each case's brain mean, range over the cases; "
