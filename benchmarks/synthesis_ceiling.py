@@ -51,7 +51,7 @@ from scipy.ndimage import uniform_filter  # noqa: E402
 
 from medmtl.contrasts import CONTRASTS  # noqa: E402
 from medmtl.io import output_paths  # noqa: E402
-from medmtl.labels import REGIONS, detect_convention  # noqa: E402
+from medmtl.labels import REGIONS, resolve_convention  # noqa: E402
 from medmtl.metrics import NEAREST, normalise_intensity, region_masks, synthesis_metrics  # noqa: E402
 
 
@@ -219,7 +219,7 @@ def case_rows(
     tumour = None
     if entry.get("label"):
         label = np.asarray(nib.load(entry["label"]).dataobj)
-        conv = entry.get("label_convention") or detect_convention(np.unique(label).astype(int), "brats2023")
+        conv = resolve_convention(np.unique(label).tolist(), entry.get("label_convention"))
         tumour = region_masks(label, conv)[REGIONS.index("WT")]
 
     def ssim(img: torch.Tensor | np.ndarray) -> dict[str, float]:

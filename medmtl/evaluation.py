@@ -44,7 +44,7 @@ from medmtl.io import (
     output_paths,
     write_json,
 )
-from medmtl.labels import REGIONS, allowed_values, check_convention, detect_convention
+from medmtl.labels import REGIONS, check_convention, resolve_convention
 from medmtl.metrics import (
     BRATS_MAX_HD95,
     NEAREST,
@@ -203,38 +203,21 @@ def _predicted_case_ids(pred_dir: Path) -> set[str]:
 
 
 def _prediction_convention(pred: np.ndarray, path: Path, declared: str | None, default: str) -> str:
-    values = {int(v) for v in np.unique(pred)}
     try:
-        found = detect_convention(values, default=None)
+        return resolve_convention(np.unique(pred).tolist(), declared, default)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
-    if declared:
-        declared = check_convention(declared)
-        if not values <= allowed_values(declared):
-            raise ValueError(
-                f"{path}: label values {sorted(values)} do not fit its declared convention {declared} "
-                f"(expected a subset of {sorted(allowed_values(declared))})"
-            )
-        return declared
-    return found or default
 
 
 def _reference_label(case: _Case) -> tuple[nib.Nifti1Image, np.ndarray, str]:
     assert case.label_path is not None
     img = _load(case.label_path, f"label map of case {case.case_id}")
     lab = np.rint(_volume(img, case.label_path)).astype(np.int16)
-    values = {int(v) for v in np.unique(lab)}
     try:
-        # Without enhancing tumour both BraTS conventions give the same regions: the default is harmless.
-        conv = case.convention or detect_convention(values, default="brats2023")
+        conv = resolve_convention(np.unique(lab).tolist(), case.convention)
     except ValueError as err:
         raise ValueError(f"{case.label_path}: {err}") from err
-    if not values <= allowed_values(conv):
-        raise ValueError(
-            f"{case.label_path}: label values {sorted(values)} do not fit the convention {conv} "
-            f"(expected a subset of {sorted(allowed_values(conv))})"
-        )
-    return img, lab, str(conv)
+    return img, lab, conv
 
 
 def _evaluate_case(

@@ -88,6 +88,36 @@ def detect_convention(values: Iterable[int], default: str | None = None) -> str 
     return default
 
 
+def resolve_convention(values: Iterable[int], declared: str | None = None, default: str = "brats2023") -> str:
+    """The label convention of one label map: the declared one, else the one its values show.
+
+    A map without enhancing tumour gives the same regions in every convention, so ``default`` only
+    decides the name such a map is reported in.
+
+    Args:
+        values: the distinct values of the label map.
+        declared: the convention its dataset declares (a datalist's ``label_convention``), if any.
+        default: the convention when nothing is declared and the values do not tell.
+
+    Returns:
+        A convention name of :data:`CONVENTIONS`.
+
+    Raises:
+        ValueError: for an unknown declared name, or values that do not fit the convention.
+    """
+    values = list(values)
+    # Detection also refuses what fits no convention at all (fractions, 5, both 3 and 4).
+    found = detect_convention(values, default=None)
+    conv = check_convention(declared) if declared else found or check_convention(default)
+    vals = {int(float(v)) for v in values}
+    if not vals <= allowed_values(conv):
+        raise ValueError(
+            f"label values {sorted(vals)} do not fit the convention {conv} "
+            f"(expected a subset of {sorted(allowed_values(conv))})"
+        )
+    return conv
+
+
 def _to_brats2021(label: Any, convention: str) -> Any:
     src = CONVENTIONS[check_convention(convention)]
     dst = CONVENTIONS["brats2021"]
@@ -297,6 +327,7 @@ __all__: Sequence[str] = (
     "check_convention",
     "allowed_values",
     "detect_convention",
+    "resolve_convention",
     "check_label_values",
     "label_to_regions",
     "regions_to_label",

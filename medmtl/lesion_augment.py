@@ -28,7 +28,7 @@ from monai.utils import convert_data_type
 from scipy import ndimage
 
 from medmtl.contrasts import CONTRASTS, canonical, canonical_list
-from medmtl.labels import CONVENTIONS, detect_convention, label_to_regions
+from medmtl.labels import CONVENTIONS, label_to_regions, resolve_convention
 
 #: Compartment codes of the internal lesion map (the BraTS 2023 label values).
 NETC, SNFH, ET = 1, 2, 3
@@ -145,8 +145,7 @@ def donor_compartments(donor: Any, convention: str | None = None) -> np.ndarray:
         tc, wt, et = (arr[i] > 0.5 for i in range(3))
     elif arr.ndim == 3 or (arr.ndim == 4 and arr.shape[0] == 1):
         label = np.rint(arr.reshape(arr.shape[-3:])).astype(np.int64)
-        conv = convention or detect_convention(np.unique(label), default="brats2023")
-        values = CONVENTIONS[conv]
+        values = CONVENTIONS[resolve_convention(np.unique(label).tolist(), convention)]
         et = label == values["ET"]
         tc = et | (label == values["NETC"])
         wt = tc | (label == values["SNFH"])
@@ -515,7 +514,10 @@ def load_donors(entries: Sequence[Mapping[str, Any]], spacing: Sequence[float] |
         if not entry.get("label"):
             raise ValueError(f"case {entry.get('case_id', '?')}: no label map to take a donor tumour from")
         label = np.asarray(load(entry["label"]))[0]
-        convention = entry.get("label_convention") or detect_convention(np.unique(label).astype(int))
+        try:
+            convention = resolve_convention(np.unique(label).tolist(), entry.get("label_convention"))
+        except ValueError as err:
+            raise ValueError(f"{entry['label']}: {err}") from err
         regions = np.asarray(label_to_regions(label, convention)).astype(np.uint8)
         idx = np.nonzero(regions[1])
         if idx[0].size:

@@ -45,7 +45,7 @@ from scipy import ndimage
 
 from medmtl.contrasts import CONTRASTS
 from medmtl.io import grid_mismatch
-from medmtl.labels import REGIONS, detect_convention, label_to_regions
+from medmtl.labels import REGIONS, label_to_regions, resolve_convention
 
 __all__ = [
     "IN_CHANNELS",
@@ -459,9 +459,10 @@ def run_local(
         region = arr > 0
     else:
         values = np.unique(np.rint(arr)).astype(int)
-        convention = detect_convention(values.tolist(), default="brats2023")
-        if convention is None or not set(values.tolist()) <= {0, 1, 2, 3, 4}:
-            raise ValueError(f"{what} {mask}: values {values.tolist()} are not BraTS labels (0-4)")
+        try:
+            convention = resolve_convention(values.tolist())
+        except ValueError as err:
+            raise ValueError(f"{what} {mask}: {err}") from err
         wt = np.asarray(label_to_regions(np.rint(arr).astype(np.int16), convention))[REGIONS.index("WT")]
         region = lesion_region(wt, spacing) & brain
     if not region.any():

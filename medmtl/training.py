@@ -2,7 +2,8 @@
 
 The bundle configs (``bundles/brats_mtl/configs``) are the one description of a training run; this
 module holds only what they reference: the batch preparation for dict targets, metric output
-transforms for each branch, per-task loss logging, a PCGrad iteration and checkpoint helpers.
+transforms for each branch, per-task loss logging, a PCGrad iteration, bfloat16 autocast on CPUs and
+checkpoint helpers.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 from monai.engines.utils import PrepareBatch
+from monai.inferers import SimpleInferer
 from monai.metrics import CumulativeIterationMetric
 from monai.utils import CommonKeys as Keys
 
@@ -245,6 +247,57 @@ class PCGradIteration:
         total = engine.loss_function.backward(pred, targets, self.shared, self.other)
         engine.optimizer.step()
         return {Keys.IMAGE: inputs, Keys.LABEL: targets, Keys.PRED: pred, Keys.LOSS: total.detach()}
+
+
+class AutocastInferer(SimpleInferer):
+    """Run the network's forward pass under ``torch.autocast`` and hand back float32 outputs.
+
+    MONAI's trainer ``amp`` autocasts on CUDA only. On a CPU with bfloat16 instructions (AVX512-BF16,
+    AMX) the convolutions then run in bfloat16, forward and backward, while the losses and their
+    reductions stay in float32 because the outputs are cast back before the loss sees them.
+
+    Args:
+        device_type: ``"cpu"`` (or ``"cuda"``).
+        dtype: the autocast dtype; bfloat16 needs no gradient scaling.
+    """
+
+    def __init__(self, device_type: str = "cpu", dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__()
+        self.device_type = device_type
+        self.dtype = dtype
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            out = network(inputs, *args, **kwargs)
+        return _to_float32(out)
+
+
+def train_inferer(cpu_bf16: bool = False) -> SimpleInferer:
+    """The training inferer: the network called as is, or under bfloat16 autocast on the CPU.
+
+    Args:
+        cpu_bf16: the bundle's ``cpu_bf16`` setting.
+
+    Returns:
+        An :class:`AutocastInferer` for ``cpu_bf16=True``, else MONAI's ``SimpleInferer``.
+
+    Raises:
+        ValueError: for anything but a boolean (``--cpu_bf16 false`` on a command line is the string
+            ``"false"``, which would read as true).
+    """
+    if not isinstance(cpu_bf16, bool):
+        raise ValueError(f"cpu_bf16 must be true or false, found {cpu_bf16!r}")
+    return AutocastInferer("cpu", torch.bfloat16) if cpu_bf16 else SimpleInferer()
+
+
+def _to_float32(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.float() if x.is_floating_point() else x
+    if isinstance(x, dict):
+        return {k: _to_float32(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_float32(v) for v in x)
+    return x
 
 
 def _plain(x: Any) -> Any:

@@ -18,6 +18,7 @@ from medmtl.labels import (
     detect_convention,
     label_to_regions,
     regions_to_label,
+    resolve_convention,
 )
 
 # Label values written out literally (independently of the tables under test).
@@ -68,6 +69,37 @@ def test_detect_convention(values, default, expected) -> None:
 def test_detect_convention_rejects_values_of_no_convention(values) -> None:
     with pytest.raises(ValueError, match="label values"):
         detect_convention(values, default="brats2023")
+
+
+@pytest.mark.parametrize(
+    ("values", "declared", "default", "expected"),
+    [
+        ([0, 1, 2, 4], None, "brats2023", "brats2021"),  # the values decide
+        ([0, 1, 2, 3], None, "brats2021", "brats2023"),
+        ([0, 1, 2], None, "brats2021", "brats2021"),  # no ET: the default names it
+        ([0, 1, 2], None, "brats2023", "brats2023"),
+        ([0, 1, 2, 3], "msd", "brats2023", "msd"),  # declared wins where the values cannot tell
+        ([0, 1, 2], "brats2021", "brats2023", "brats2021"),
+        (np.array([0.0, 2.0, 4.0], dtype=np.float32), None, "brats2023", "brats2021"),
+    ],
+)
+def test_resolve_convention(values, declared, default, expected) -> None:
+    assert resolve_convention(values, declared, default) == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "declared", "message"),
+    [
+        ([0, 1, 2, 3], "brats2021", "do not fit the convention brats2021"),  # declared, contradicted
+        ([0, 4], "brats2023", "do not fit the convention brats2023"),
+        ([0, 3, 4], None, "fit no BraTS convention"),
+        ([0, 2.5], "brats2021", "not integers"),
+        ([0, 1], "brats2019", "unknown label convention"),
+    ],
+)
+def test_resolve_convention_refuses_values_that_do_not_fit(values, declared, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        resolve_convention(values, declared)
 
 
 def test_allowed_values() -> None:

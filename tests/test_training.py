@@ -16,7 +16,13 @@ import pytest
 import torch
 
 from medmtl.intensity import check_landmarks
-from medmtl.training import latest_checkpoint, parse_overrides, stage_config_files
+from medmtl.training import (
+    AutocastInferer,
+    latest_checkpoint,
+    parse_overrides,
+    stage_config_files,
+    train_inferer,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "brats_mtl"
@@ -237,8 +243,9 @@ def test_two_process_gloo_ddp(phantom_data, tmp_path):
             "input_contrasts": ["t1n", "t1c", "t2w", "t2f"],
             "target_contrasts": ["t1c"],
         },
+        {"cpu_bf16": True},
     ],
-    ids=["uncertainty", "pcgrad", "random_missing"],
+    ids=["uncertainty", "pcgrad", "random_missing", "cpu_bf16"],
 )
 def test_weighting_and_missing_contrast_modes_train(phantom_data, tmp_path, extra):
     run_dir = tmp_path / "run"
@@ -254,6 +261,40 @@ def test_weighting_and_missing_contrast_modes_train(phantom_data, tmp_path, extr
     # the default drops contrasts at random (input mask on); a config that sets 0 trains without one
     assert cfg["input_mask"] is bool(extra.get("drop_contrasts_prob", 0.7))
     assert "weight_seg" in log and "weight_gen" in log  # each task's loss and weight is logged
+
+
+def test_autocast_inferer_runs_convolutions_in_bfloat16_and_returns_float32():
+    from medmtl.networks import get_network
+
+    torch.manual_seed(0)
+    net = get_network("cpu", in_channels=2, synth_channels=1, features=(4, 8, 16, 32))
+    x = torch.randn(1, 2, 16, 16, 16)
+    seen: list[torch.dtype] = []
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, o: seen.append(o.dtype))
+        for m in net.modules()
+        if isinstance(m, torch.nn.Conv3d)
+    ]
+    out = AutocastInferer("cpu", torch.bfloat16)(x, net)
+    for h in hooks:
+        h.remove()
+    assert seen and set(seen) == {torch.bfloat16}
+    ref = net(x)
+    for key in ("seg", "synth"):
+        assert out[key].dtype == torch.float32 and out[key].shape == ref[key].shape
+        # bfloat16 keeps about 3 significant digits: close to the float32 pass, not equal to it
+        assert torch.allclose(out[key], ref[key], rtol=0.05, atol=0.05)
+        assert not torch.equal(out[key], ref[key])
+    (out["synth"].sum() + out["seg"].sum()).backward()
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 and bool(torch.isfinite(g).all()) for g in grads)
+
+
+def test_train_inferer_takes_only_a_boolean():
+    assert isinstance(train_inferer(True), AutocastInferer)
+    assert not isinstance(train_inferer(False), AutocastInferer)
+    with pytest.raises(ValueError, match="cpu_bf16 must be true or false, found 'false'"):
+        train_inferer("false")
 
 
 def test_latest_checkpoint_skips_a_file_cut_short_by_a_kill(tmp_path):
