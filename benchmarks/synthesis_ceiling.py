@@ -127,6 +127,11 @@ def local_linear_fit(
         ``(1, 1, *S)``: ``sum_c a_c * guides_c + b`` (:func:`local_linear_coefficients`).
     """
     a, b = local_linear_coefficients(target, guides if fit_guides is None else fit_guides, mask, sigma, eps)
+    return apply_coefficients(a, b, guides)
+
+
+def apply_coefficients(a: torch.Tensor, b: torch.Tensor, guides: torch.Tensor) -> torch.Tensor:
+    """``sum_c a_c * guides_c + b``: the local affine combination of :func:`local_linear_coefficients`."""
     return (a * guides).sum(1, keepdim=True) + b
 
 
@@ -238,7 +243,7 @@ def case_rows(
         inside = mask[0, 0].bool()
         for w in fits:
             a, b = local_linear_coefficients(ref_z, guides, mask, w)
-            row = rows[f"local fit sigma {w:g}"] = ssim((a * guides).sum(1, keepdim=True) + b)
+            row = rows[f"local fit sigma {w:g}"] = ssim(apply_coefficients(a, b, guides))
             for c, a_c in zip(others, a[0]):  # how large and how variable the oracle's coefficients are
                 row[f"a_{c} mean"], row[f"a_{c} sd"] = float(a_c[inside].mean()), float(a_c[inside].std())
         if pred is not None:

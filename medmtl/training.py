@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from monai.data.meta_obj import get_track_meta
 from monai.engines.utils import PrepareBatch
 from monai.inferers import SimpleInferer
 from monai.metrics import CumulativeIterationMetric
 from monai.utils import CommonKeys as Keys
+from monai.utils import convert_to_tensor
 
 from medmtl.engine_logs import quiet_engine_logs
 from medmtl.stages import ABLATIONS, STAGES, TASK_CONFIGS  # noqa: F401 - part of this module's API
@@ -269,7 +271,7 @@ class AutocastInferer(SimpleInferer):
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
         with torch.autocast(self.device_type, dtype=self.dtype):
             out = network(inputs, *args, **kwargs)
-        return _to_float32(out)
+        return convert_to_tensor(out, dtype=torch.float32, track_meta=get_track_meta())
 
 
 def train_inferer(cpu_bf16: bool = False) -> SimpleInferer:
@@ -287,17 +289,7 @@ def train_inferer(cpu_bf16: bool = False) -> SimpleInferer:
     """
     if not isinstance(cpu_bf16, bool):
         raise ValueError(f"cpu_bf16 must be true or false, found {cpu_bf16!r}")
-    return AutocastInferer("cpu", torch.bfloat16) if cpu_bf16 else SimpleInferer()
-
-
-def _to_float32(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.float() if x.is_floating_point() else x
-    if isinstance(x, dict):
-        return {k: _to_float32(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_to_float32(v) for v in x)
-    return x
+    return AutocastInferer() if cpu_bf16 else SimpleInferer()
 
 
 def _plain(x: Any) -> Any:
