@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from monai.losses import SSIMLoss
+from monai.metrics.regression import compute_ssim_and_cs
 
 from medmtl.losses import (
     DiceBCELoss,
+    MaskedL1SSIMLoss,
     MultiTaskLoss,
     UncertaintyWeighting,
     get_weighting,
@@ -133,6 +136,86 @@ def test_masked_ssim_ignores_voxels_beyond_the_window_from_the_brain():
     near = pred["synth"].detach().clone()
     near[..., 10:12, 10:12, 10:12] = 7.0
     assert masked_ssim(near, target["synth"], brain).item() != pytest.approx(base, abs=1e-4)
+
+
+def test_masked_ssim_percentile_range_equals_monai_ssim_at_each_contrasts_brain_percentiles():
+    g = torch.Generator().manual_seed(3)
+    pred = torch.randn(2, 2, 16, 16, 16, generator=g)
+    target = torch.randn(2, 2, 16, 16, 16, generator=g) * torch.tensor([1.0, 5.0]).view(1, 2, 1, 1, 1)
+    brain = torch.zeros(2, 1, 16, 16, 16)
+    brain[..., 2:14, 3:13, 1:15] = 1
+    lo = torch.zeros(2, 2, 1, 1, 1)
+    hi = torch.zeros(2, 2, 1, 1, 1)
+    for i in range(2):
+        for j in range(2):
+            inside = target[i, j][brain[i, 0] > 0].numpy()
+            lo[i, j], hi[i, j] = (float(v) for v in np.percentile(inside, [0.5, 99.5], method="nearest"))
+    x, y = (pred - lo) / (hi - lo), (target - lo) / (hi - lo)
+    # the mean over the brain of MONAI's SSIM map (valid windows: the brain is cropped by 5 voxels)
+    reference = []
+    for i in range(2):
+        for j in range(2):
+            full, _ = compute_ssim_and_cs(
+                x[i : i + 1, j : j + 1],
+                y[i : i + 1, j : j + 1],
+                3,
+                [11] * 3,
+                [1.5] * 3,
+                1.0,
+                "gaussian",
+                0.01,
+                0.03,
+            )
+            w = brain[i : i + 1, :, 5:-5, 5:-5, 5:-5]
+            reference.append((full * w).sum() / w.sum())
+    got = masked_ssim(pred, target, brain, intensity_range="percentile")
+    assert got.item() == pytest.approx(torch.stack(reference).mean().item(), abs=1e-4)
+
+
+def test_masked_ssim_percentile_range_ignores_background_and_other_contrasts():
+    g = torch.Generator().manual_seed(4)
+    target = torch.randn(1, 2, 24, 24, 24, generator=g)
+    pred = target + 0.7 * torch.randn(1, 2, 24, 24, 24, generator=g)
+    brain = torch.zeros(1, 1, 24, 24, 24)
+    brain[..., 6:18, 6:18, 6:18] = 1
+    base = masked_ssim(pred, target, brain, intensity_range="percentile").item()
+    # a bright vessel or skull voxel far outside the brain moves a min-max range, not the brain's percentiles
+    spiked = target.clone()
+    spiked[..., 0, 0, 0] = 50.0
+    spiked_percentile = masked_ssim(pred, spiked, brain, intensity_range="percentile").item()
+    assert spiked_percentile == pytest.approx(base, abs=1e-6)
+    minmax = masked_ssim(pred, target, brain).item()
+    assert masked_ssim(pred, spiked, brain).item() != pytest.approx(minmax, abs=1e-3)
+    # each contrast has its own range: rescaling one leaves the score unchanged
+    scale = torch.tensor([1.0, 10.0]).view(1, 2, 1, 1, 1)
+    rescaled = masked_ssim(pred * scale, target * scale, brain, intensity_range="percentile").item()
+    assert rescaled == pytest.approx(base, abs=1e-5)
+    assert masked_ssim(pred * scale, target * scale, brain).item() != pytest.approx(
+        masked_ssim(pred, target, brain).item(), abs=1e-3
+    )
+
+
+def test_percentile_ssim_penalises_lost_structure_more_than_minmax():
+    # a smooth prediction of a textured brain beside a much brighter background voxel: the min-max range
+    # compresses the texture towards SSIM's constant and the structure loss shrinks
+    g = torch.Generator().manual_seed(5)
+    target = torch.randn(1, 1, 24, 24, 24, generator=g) * 0.3 + 2.0
+    target[..., 0, 0, 0] = 12.0
+    brain = torch.zeros(1, 1, 24, 24, 24)
+    brain[..., 4:20, 4:20, 4:20] = 1
+    smooth = torch.full_like(target, 2.0)
+    lost_minmax = 1 - masked_ssim(smooth, target, brain).item()
+    lost_percentile = 1 - masked_ssim(smooth, target, brain, intensity_range="percentile").item()
+    assert lost_percentile > 2 * lost_minmax
+
+
+def test_ssim_range_is_checked():
+    with pytest.raises(ValueError, match="ssim_range"):
+        MaskedL1SSIMLoss(ssim_range="zscore")
+    with pytest.raises(ValueError, match="intensity_range"):
+        masked_ssim(torch.zeros(1, 1, 12, 12, 12), torch.zeros(1, 1, 12, 12, 12), intensity_range="max")
+    loss = MultiTaskLoss(l2=0.0, ssim_range="percentile")
+    assert loss.gen_loss.ssim_range == "percentile"
 
 
 # ---------------------------------------------------------------- segmentation part

@@ -446,6 +446,18 @@ def test_train_config_takes_labelled_fraction(tmp_path):
     assert parser2.get_parsed_content("train#dataloader#shuffle") is True
 
 
+def test_train_config_passes_the_ssim_range_to_the_loss():
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    assert parser.get_parsed_content("loss").gen_loss.ssim_range == "minmax"
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    parser["ssim_range"] = "percentile"
+    assert parser.get_parsed_content("loss").gen_loss.ssim_range == "percentile"
+
+
 def test_few_labels_fine_tunes_segmentation_from_synthesis_pretraining(phantom_data, tmp_path):
     run_dir = tmp_path / "few"
     _run(_train_cmd(phantom_data, run_dir, "synth_only", 1))

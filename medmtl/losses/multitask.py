@@ -63,6 +63,8 @@ class MultiTaskLoss(nn.Module):
         vae_weight: weight of the network's VAE loss.
         batch_dice: Dice over the whole batch per region.
         ssim_win_size: SSIM Gaussian window size.
+        ssim_range: how the SSIM term scales intensities, ``"minmax"`` or ``"percentile"`` (see
+            :func:`medmtl.losses.synthesis.masked_ssim`).
         spatial_dims: spatial dimensions, for the discriminator (with ``adversarial``).
         synth_channels: synthesised contrasts, for the discriminator (with ``adversarial``).
         adversarial_kwargs: further :class:`AdversarialTerm` arguments.
@@ -83,6 +85,7 @@ class MultiTaskLoss(nn.Module):
         vae_weight: float = 0.1,
         batch_dice: bool = True,
         ssim_win_size: int = 11,
+        ssim_range: str = "minmax",
         spatial_dims: int = 3,
         synth_channels: int = 1,
         adversarial_kwargs: Mapping[str, Any] | None = None,
@@ -96,7 +99,7 @@ class MultiTaskLoss(nn.Module):
             raise ValueError(f"tumour_weight must be >= 0, found {tumour_weight}")
         self.l1, self.l2 = float(l1), float(l2)
         self.seg_loss = get_seg_loss(seg_loss, batch_dice=batch_dice)
-        self.gen_loss = MaskedL1SSIMLoss(gen_l1, gen_ssim, win_size=ssim_win_size)
+        self.gen_loss = MaskedL1SSIMLoss(gen_l1, gen_ssim, win_size=ssim_win_size, ssim_range=ssim_range)
         task_weights = {"seg": self.l2, "gen": self.l1}
         self.weighting = (
             weighting if isinstance(weighting, TaskWeighting) else get_weighting(weighting, task_weights)

@@ -6,7 +6,14 @@ import torch
 import torch.nn as nn
 from monai.networks.layers import separable_filtering
 
-__all__ = ["MaskedL1SSIMLoss", "masked_l1", "masked_ssim"]
+from medmtl.metrics import CLIP_PERCENTILES
+
+__all__ = ["SSIM_RANGES", "MaskedL1SSIMLoss", "masked_l1", "masked_ssim"]
+
+SSIM_RANGES: tuple[str, ...] = ("minmax", "percentile")
+"""How :func:`masked_ssim` maps intensities to SSIM's data range of 1: the target's min-max, or the
+``CLIP_PERCENTILES`` of the target inside the weighted region, per image and contrast (the scaling
+``medmtl evaluate`` scores with)."""
 
 
 def _check(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> None:
@@ -89,6 +96,28 @@ def separable_ssim_map(
     return ((2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)) * contrast
 
 
+def _percentile_window(
+    target: torch.Tensor, weight: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(lo, span)`` of shape ``(B, C, 1, ...)``: each target contrast's ``CLIP_PERCENTILES`` over the
+    voxels with positive weight (all voxels where that contrast has none)."""
+    b, c = target.shape[:2]
+    inside = None if weight is None else (weight > 0).expand(b, c, *target.shape[2:])
+    lo = target.new_zeros(b, c)
+    hi = target.new_ones(b, c)
+    for i in range(b):
+        for j in range(c):
+            values = target[i, j].flatten()
+            if inside is not None and inside[i, j].any():
+                values = values[inside[i, j].flatten()]
+            n = values.numel()
+            # nearest-rank percentiles: kthvalue has no size limit, unlike torch.quantile
+            lo[i, j] = values.kthvalue(1 + round(CLIP_PERCENTILES[0] / 100 * (n - 1))).values
+            hi[i, j] = values.kthvalue(1 + round(CLIP_PERCENTILES[1] / 100 * (n - 1))).values
+    shape = [b, c] + [1] * (target.dim() - 2)
+    return lo.view(shape), (hi - lo).clamp_min(1e-6).view(shape)
+
+
 def masked_ssim(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -97,6 +126,7 @@ def masked_ssim(
     kernel_sigma: float = 1.5,
     k1: float = 0.01,
     k2: float = 0.03,
+    intensity_range: str = "minmax",
 ) -> torch.Tensor:
     """Structural similarity averaged over a weighted region (Wang et al., IEEE TIP 2004).
 
@@ -105,9 +135,15 @@ def masked_ssim(
     with ``weight`` (cropped to the map, which is computed over
     valid windows only), instead of multiplying both images by a mask, which would turn the background
     into identical zeros that score a perfect SSIM and dilute the loss by the background fraction.
-    Both images are first mapped by the same affine map taking each target's intensity range to
+    Both images are first mapped by the same affine map taking the target's intensity range to
     [0, 1] (``data_range=1``): the z-scored intensities are centred on 0, where SSIM's luminance term
-    is unstable. With ``weight=None`` this equals ``1 - SSIMLoss`` on the rescaled images.
+    is unstable. The range is the target's min-max over the patch (``"minmax"``, one range per image
+    for all contrasts), or the 0.5/99.5 percentiles of each target contrast inside the weighted region
+    (``"percentile"``, no clipping). The second is the scale ``medmtl evaluate`` scores at: a min-max
+    range also spans the background and the brightest vessel, which on BraTS t1c patches shrinks
+    the brain's local variances about threefold, towards SSIM's constant ``(k2)^2``, so the structure
+    term's gradient weakens. With ``weight=None`` and ``"minmax"`` this equals ``1 - SSIMLoss`` on
+    the rescaled images.
 
     Args:
         pred: ``(B, C, *S)`` prediction, ``S`` 2D or 3D, each size at least ``win_size``.
@@ -117,6 +153,7 @@ def masked_ssim(
         kernel_sigma: Gaussian window standard deviation.
         k1: luminance stability constant.
         k2: contrast stability constant.
+        intensity_range: one of :data:`SSIM_RANGES`.
 
     Returns:
         The weighted mean SSIM (a scalar tensor; 0 when the weights are all zero).
@@ -127,12 +164,17 @@ def masked_ssim(
         raise ValueError(f"SSIM needs 2D or 3D images, found shape {list(pred.shape)}")
     if min(pred.shape[2:]) < win_size:
         raise ValueError(f"SSIM window {win_size} is larger than the image size {list(pred.shape[2:])}")
+    if intensity_range not in SSIM_RANGES:
+        raise ValueError(f"SSIM intensity_range must be one of {SSIM_RANGES}, found {intensity_range!r}")
     with torch.no_grad():
-        flat = target.flatten(1)
-        lo = flat.amin(1)
-        span = (flat.amax(1) - lo).clamp_min(1e-6)
-        shape = [-1] + [1] * (pred.dim() - 1)
-        lo, span = lo.view(shape), span.view(shape)
+        if intensity_range == "percentile":
+            lo, span = _percentile_window(target, weight)
+        else:
+            flat = target.flatten(1)
+            lo = flat.amin(1)
+            span = (flat.amax(1) - lo).clamp_min(1e-6)
+            shape = [-1] + [1] * (pred.dim() - 1)
+            lo, span = lo.view(shape), span.view(shape)
     ssim_map = separable_ssim_map((pred - lo) / span, (target - lo) / span, win_size, kernel_sigma, k1, k2)
     if weight is None:
         return ssim_map.mean()
@@ -152,10 +194,16 @@ class MaskedL1SSIMLoss(nn.Module):
         ssim_weight: weight of ``1 - SSIM``.
         win_size: SSIM window size.
         kernel_sigma: SSIM Gaussian standard deviation.
+        ssim_range: how SSIM scales intensities, one of :data:`SSIM_RANGES` (see :func:`masked_ssim`).
     """
 
     def __init__(
-        self, l1_weight: float = 1.0, ssim_weight: float = 1.0, win_size: int = 11, kernel_sigma: float = 1.5
+        self,
+        l1_weight: float = 1.0,
+        ssim_weight: float = 1.0,
+        win_size: int = 11,
+        kernel_sigma: float = 1.5,
+        ssim_range: str = "minmax",
     ) -> None:
         super().__init__()
         if l1_weight < 0 or ssim_weight < 0 or l1_weight + ssim_weight == 0:
@@ -166,6 +214,9 @@ class MaskedL1SSIMLoss(nn.Module):
         self.ssim_weight = ssim_weight
         self.win_size = win_size
         self.kernel_sigma = kernel_sigma
+        if ssim_range not in SSIM_RANGES:
+            raise ValueError(f"ssim_range must be one of {SSIM_RANGES}, found {ssim_range!r}")
+        self.ssim_range = ssim_range
 
     def components(
         self, pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
@@ -184,7 +235,14 @@ class MaskedL1SSIMLoss(nn.Module):
         if self.l1_weight > 0:
             out["l1"] = masked_l1(pred, target, weight)
         if self.ssim_weight > 0:
-            ssim = masked_ssim(pred, target, weight, win_size=self.win_size, kernel_sigma=self.kernel_sigma)
+            ssim = masked_ssim(
+                pred,
+                target,
+                weight,
+                win_size=self.win_size,
+                kernel_sigma=self.kernel_sigma,
+                intensity_range=self.ssim_range,
+            )
             out["ssim_loss"] = 1.0 - ssim
         return out
 
