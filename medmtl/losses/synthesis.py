@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 from monai.networks.layers import separable_filtering
+from monai.transforms.utils_pytorch_numpy_unification import percentile
 
 from medmtl.metrics import CLIP_PERCENTILES
 
@@ -110,10 +111,8 @@ def _percentile_window(
             values = target[i, j].flatten()
             if inside is not None and inside[i, j].any():
                 values = values[inside[i, j].flatten()]
-            n = values.numel()
-            # nearest-rank percentiles: kthvalue has no size limit, unlike torch.quantile
-            lo[i, j] = values.kthvalue(1 + round(CLIP_PERCENTILES[0] / 100 * (n - 1))).values
-            hi[i, j] = values.kthvalue(1 + round(CLIP_PERCENTILES[1] / 100 * (n - 1))).values
+            # MONAI's percentile, as ScaleIntensityRangePercentiles computes it for `medmtl evaluate`
+            lo[i, j], hi[i, j] = percentile(values, CLIP_PERCENTILES)
     shape = [b, c] + [1] * (target.dim() - 2)
     return lo.view(shape), (hi - lo).clamp_min(1e-6).view(shape)
 
