@@ -63,8 +63,8 @@ class MultiTaskLoss(nn.Module):
         vae_weight: weight of the network's VAE loss.
         batch_dice: Dice over the whole batch per region.
         ssim_win_size: SSIM Gaussian window size.
-        ssim_range: how the SSIM term scales intensities, ``"minmax"`` or ``"percentile"`` (see
-            :func:`medmtl.losses.synthesis.masked_ssim`).
+        ssim_range: how the SSIM term scales intensities, one of
+            :data:`medmtl.losses.synthesis.SSIM_RANGES` (see :func:`medmtl.losses.synthesis.masked_ssim`).
         spatial_dims: spatial dimensions, for the discriminator (with ``adversarial``).
         synth_channels: synthesised contrasts, for the discriminator (with ``adversarial``).
         adversarial_kwargs: further :class:`AdversarialTerm` arguments.

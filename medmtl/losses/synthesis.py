@@ -104,8 +104,7 @@ def _percentile_window(
     voxels with positive weight (all voxels where that contrast has none)."""
     b, c = target.shape[:2]
     inside = None if weight is None else (weight > 0).expand(b, c, *target.shape[2:])
-    lo = target.new_zeros(b, c)
-    hi = target.new_ones(b, c)
+    lo, hi = target.new_empty(b, c), target.new_empty(b, c)
     for i in range(b):
         for j in range(c):
             values = target[i, j].flatten()
