@@ -16,6 +16,9 @@ reports: 0.5-99.5 % brain scaling, 7-voxel window, averaged over the brain):
   the inputs blurred to its resolution, applied to the sharp inputs: the fast guided upsampling of
   Wu et al., CVPR 2018, with no training); and the same guided filter on the blurred target
   (``guided(blurred sigma 2)``): what borrowing the inputs' detail gives a perfect smooth synthesis.
+- with ``--pred DIR --blend W ...``: ``synthesis + copy W``, the synthesis and the copy, each
+  z-scored in the brain, mixed as ``(1 - W) * synthesis + W * copy``: how much of the acquired
+  contrast's own pattern, taken as it is, the synthesis should keep.
 
 Each row's brain SSIM is also split into its three terms (Wang et al., "Image quality assessment:
 from error visibility to structural similarity", IEEE TIP 2004, Eqs. 6-9; SSIM = l * c * s):
@@ -200,6 +203,7 @@ def case_rows(
     blurs: Sequence[float],
     fits: Sequence[float],
     components: bool = True,
+    blends: Sequence[float] = (),
 ) -> dict[str, dict[str, float]]:
     """Brain SSIM of every row for one case (voxels are 1 mm in BraTS, so mm = voxels).
 
@@ -207,7 +211,8 @@ def case_rows(
         ``{row: {"SSIM": ..., ...}}``: the brain SSIM; ``SSIM tumour`` and ``SSIM non-tumour`` (WT)
         when the case is labelled; ``luminance``, ``contrast`` and ``structure`` with ``components``;
         for the oracle fits, ``a_<contrast> mean`` and ``a_<contrast> sd``, each coefficient's mean and
-        standard deviation over the brain.
+        standard deviation over the brain; with ``pred``, one ``synthesis + copy W`` row per weight in
+        ``blends``.
     """
     images = {c: np.asarray(nib.load(entry[c]).dataobj, np.float32) for c in CONTRASTS}
     ref = images[target]
@@ -252,6 +257,9 @@ def case_rows(
                 raise FileNotFoundError(f"{path}: not found (medmtl infer outputs of the case without it)")
             syn = tensor(_zscore(np.asarray(nib.load(path).dataobj, np.float32), brain))
             rows["synthesis"] = ssim(syn)
+            copy_z = tensor(_zscore(images[NEAREST[target]], brain))
+            for w in blends:
+                rows[f"synthesis + copy {w:g}"] = ssim((1 - w) * syn + w * copy_z)
             smooth_guides = _masked_blur(guides, mask, 2.0)
             rows["guided(synthesis)"] = ssim(
                 local_linear_fit(syn, guides, mask, 4.0, fit_guides=smooth_guides)
@@ -312,6 +320,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, dict[str, flo
     p.add_argument("--blur", type=float, nargs="*", default=[1.0, 2.0], help="Gaussian sigmas (mm)")
     p.add_argument("--fit", type=float, nargs="*", default=[2.0, 4.0, 8.0], help="local fit sigmas (mm)")
     p.add_argument(
+        "--blend", type=float, nargs="*", default=[], help="weights of the copy mixed into the synthesis"
+    )
+    p.add_argument(
         "--no-components", action="store_true", help="SSIM only, not its luminance/contrast/structure"
     )
     p.add_argument("--out", required=True)
@@ -331,6 +342,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, dict[str, flo
             args.blur,
             args.fit,
             components=not args.no_components,
+            blends=args.blend,
         )
         print(
             entry["case_id"],

@@ -106,3 +106,32 @@ def test_scaled_local_detail_lowers_contrast_only_and_someone_elses_detail_lower
     assert maps["contrast"].mean() < 0.9 and maps["luminance"].min() > 0.98
     maps = synthesis_ceiling.ssim_component_maps(0.5 + 0.1 * other, ref)  # right amount, wrong places
     assert abs(maps["structure"].mean()) < 0.15 and maps["contrast"].mean() > 0.9
+
+
+def test_blend_rows_run_from_the_synthesis_to_the_copy(tmp_path):
+    import nibabel as nib
+    import numpy as np
+    from scipy.ndimage import gaussian_filter
+
+    from medmtl.io import output_paths
+
+    rng = np.random.default_rng(6)
+    brain = np.zeros((24, 24, 24), bool)
+    brain[3:-3, 3:-3, 3:-3] = True
+    entry = {"case_id": "case"}
+    for c in ("t1n", "t1c", "t2w", "t2f"):
+        img = (gaussian_filter(rng.normal(size=brain.shape), 1.5) + 5.0) * brain
+        entry[c] = str(tmp_path / f"{c}.nii.gz")
+        nib.save(nib.Nifti1Image(img.astype(np.float32), np.eye(4)), entry[c])
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    synth = (gaussian_filter(rng.normal(size=brain.shape), 2.0) * 40 + 300) * brain  # another scale
+    nib.save(nib.Nifti1Image(synth.astype(np.float32), np.eye(4)), output_paths(pred, "case", ["t1c"])["t1c"])
+    rows = synthesis_ceiling.case_rows(
+        entry, "t1c", pred, blurs=[], fits=[], components=False, blends=[0.0, 0.5, 1.0]
+    )
+    assert abs(rows["synthesis + copy 0"]["SSIM"] - rows["synthesis"]["SSIM"]) < 1e-6
+    # the copy's own intensities and its z-scores score alike: the scorer rescales each image
+    assert abs(rows["synthesis + copy 1"]["SSIM"] - rows["copy"]["SSIM"]) < 1e-4
+    half = rows["synthesis + copy 0.5"]["SSIM"]
+    assert half not in (rows["synthesis"]["SSIM"], rows["copy"]["SSIM"])
