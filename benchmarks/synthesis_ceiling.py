@@ -257,7 +257,8 @@ def case_rows(
                 raise FileNotFoundError(f"{path}: not found (medmtl infer outputs of the case without it)")
             syn = tensor(_zscore(np.asarray(nib.load(path).dataobj, np.float32), brain))
             rows["synthesis"] = ssim(syn)
-            copy_z = tensor(_zscore(images[NEAREST[target]], brain))
+            k = others.index(NEAREST[target])
+            copy_z = guides[:, k : k + 1]  # the guides are the other contrasts, z-scored
             for w in blends:
                 rows[f"synthesis + copy {w:g}"] = ssim((1 - w) * syn + w * copy_z)
             smooth_guides = _masked_blur(guides, mask, 2.0)
